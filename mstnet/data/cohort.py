@@ -1,0 +1,247 @@
+"""The in-memory cohort every data source is turned into, and its on-disk format.
+
+A :class:`Cohort` is a list of :class:`Patient` records, each holding its ordered
+:class:`Scan` list (time point, days since T0, image source, optional mask source, optional
+nodule location), a typed clinical record and one benign/malignant label. Images are not
+read here: a scan holds the *path* of its image (NIfTI file, DICOM series folder or .npy
+file); :mod:`mstnet.data.io` reads them.
+
+On disk (``../shared/design/protocol.md``, "Cohort format"):
+
+- ``manifest.csv``: one row per (patient, time point) with the columns of
+  :data:`MANIFEST_COLUMNS`; paths may be relative to the manifest's folder.
+- ``clinical.csv``: one row per patient, ``patient_id`` plus clinical columns.
+- ``clinical_schema.json``: ``{"categorical": [...], "numeric": [...]}``, the type of each
+  clinical column (the "small sidecar file" of the protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "timepoint",
+    "days",
+    "image",
+    "mask",
+    "nodule_x",
+    "nodule_y",
+    "nodule_z1",
+    "nodule_z2",
+    "label",
+)
+"""Columns of ``manifest.csv``, in order."""
+
+NLST_CLINICAL_CATEGORICAL: tuple[str, ...] = ("race", "cigsmok", "gender", "scr_res0", "scr_iso0")
+"""NLST clinical columns that are categorical."""
+
+NLST_CLINICAL_NUMERIC: tuple[str, ...] = ("age",)
+"""NLST clinical columns that are numeric (the release label-encoded age; we keep it numeric)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a cohort, located as precisely as possible."""
+
+    message: str
+    patient_id: str | None = None
+    timepoint: str | None = None
+    file: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = [
+            f"{name} {value!s}"
+            for name, value in (
+                ("patient", self.patient_id),
+                ("time point", self.timepoint),
+                ("column", self.column),
+                ("file", self.file),
+            )
+            if value is not None
+        ]
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class CohortError(ValueError):
+    """Raised for bad cohort input; carries every :class:`Problem` found, not only the first."""
+
+    def __init__(self, problems: Problem | Sequence[Problem]):
+        self.problems: list[Problem] = [problems] if isinstance(problems, Problem) else list(problems)
+        lines = [str(p) for p in self.problems]
+        summary = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines)
+        super().__init__(summary)
+
+
+@dataclass(frozen=True)
+class NoduleLocation:
+    """Nodule centre (x, y) in voxels and its slice range z1..z2 (inclusive), all in the image grid."""
+
+    x: float
+    y: float
+    z1: int
+    z2: int
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One CT scan of a patient at one screening round.
+
+    ``image`` and ``mask`` are absolute paths (NIfTI file, DICOM series folder or .npy file).
+    """
+
+    timepoint: str
+    days: float
+    image: Path
+    mask: Path | None = None
+    nodule: NoduleLocation | None = None
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A patient: ordered scans (by ``days``), clinical record, label (0 benign, 1 malignant)."""
+
+    patient_id: str
+    label: int
+    scans: tuple[Scan, ...]
+    clinical: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def timepoints(self) -> tuple[str, ...]:
+        return tuple(scan.timepoint for scan in self.scans)
+
+
+@dataclass(frozen=True)
+class ClinicalSchema:
+    """The type of every clinical column: categorical (codes) or numeric (floats)."""
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.categorical + self.numeric
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"categorical": list(self.categorical), "numeric": list(self.numeric)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ClinicalSchema":
+        unknown = set(data) - {"categorical", "numeric"}
+        if unknown:
+            raise CohortError(Problem(f"unknown keys {sorted(unknown)} in clinical schema; expected 'categorical' and 'numeric'"))
+        return cls(tuple(data.get("categorical", ())), tuple(data.get("numeric", ())))
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A list of patients with a shared clinical schema. ``root`` is where it was read from."""
+
+    patients: tuple[Patient, ...]
+    clinical_schema: ClinicalSchema = ClinicalSchema()
+    root: Path | None = None
+    name: str = "cohort"
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __iter__(self) -> Iterator[Patient]:
+        return iter(self.patients)
+
+    def __getitem__(self, patient_id: str) -> Patient:
+        for patient in self.patients:
+            if patient.patient_id == patient_id:
+                return patient
+        raise KeyError(f"patient {patient_id!r} is not in cohort {self.name!r}")
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return [p.patient_id for p in self.patients]
+
+    @property
+    def labels(self) -> list[int]:
+        return [p.label for p in self.patients]
+
+    def subset(self, patient_ids: Iterable[str]) -> "Cohort":
+        """The cohort restricted to ``patient_ids`` (kept in the cohort's order)."""
+        wanted = set(patient_ids)
+        missing = wanted - set(self.patient_ids)
+        if missing:
+            raise KeyError(f"patients not in cohort {self.name!r}: {sorted(missing)[:5]}")
+        return replace(self, patients=tuple(p for p in self.patients if p.patient_id in wanted))
+
+    def manifest_frame(self, relative_to: Path | None = None) -> pd.DataFrame:
+        """The manifest as a DataFrame; paths relative to ``relative_to`` when given."""
+
+        def rel(path: Path | None) -> str:
+            if path is None:
+                return ""
+            if relative_to is not None:
+                try:
+                    return os.path.relpath(path, relative_to)
+                except ValueError:
+                    return str(path)
+            return str(path)
+
+        rows = []
+        for patient in self.patients:
+            for scan in patient.scans:
+                loc = scan.nodule
+                rows.append(
+                    {
+                        "patient_id": patient.patient_id,
+                        "timepoint": scan.timepoint,
+                        "days": scan.days,
+                        "image": rel(scan.image),
+                        "mask": rel(scan.mask),
+                        "nodule_x": loc.x if loc else math.nan,
+                        "nodule_y": loc.y if loc else math.nan,
+                        "nodule_z1": loc.z1 if loc else pd.NA,
+                        "nodule_z2": loc.z2 if loc else pd.NA,
+                        "label": patient.label,
+                    }
+                )
+        frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+        return frame.astype({"nodule_z1": "Int64", "nodule_z2": "Int64"})
+
+    def clinical_frame(self) -> pd.DataFrame:
+        """One row per patient: ``patient_id`` then the schema's columns."""
+        columns = ["patient_id", *self.clinical_schema.columns]
+        rows = [{"patient_id": p.patient_id, **{c: p.clinical.get(c) for c in self.clinical_schema.columns}} for p in self.patients]
+        return pd.DataFrame(rows, columns=columns)
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``manifest.csv``, ``clinical.csv`` and ``clinical_schema.json`` to ``folder``.
+
+        Image and mask paths are written relative to ``folder``. Each file is written to a
+        temporary name and renamed, so a crash never leaves a half-written file.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / "manifest.csv", self.manifest_frame(relative_to=folder).to_csv(index=False))
+        write_text_atomic(folder / "clinical.csv", self.clinical_frame().to_csv(index=False))
+        write_text_atomic(folder / "clinical_schema.json", json.dumps(self.clinical_schema.to_json(), indent=2) + "\n")
+        return folder
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

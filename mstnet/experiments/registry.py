@@ -1,0 +1,201 @@
+"""The experiment registry, in the style of timm's model registry.
+
+An experiment is a name mapped to an :class:`ExperimentSpec`: how to build the model for a
+given cohort view (:class:`ModelContext`), which data it sees (:class:`DataView`), how it is
+trained (:class:`Recipe`) and which metrics apply. Baselines and ablations register
+themselves with :func:`register_experiment`; ``mstnet list``, ``mstnet run NAME`` and
+``mstnet ablate NAME`` are lookups.
+
+Example::
+
+    @register_experiment("my-unet", group="reference", tasks=("segmentation",),
+                         description="A 3D U-Net (MONAI BasicUNet).")
+    def build(context: ModelContext) -> nn.Module:
+        return SegmentationPerTimepoint(BasicUNet(spatial_dims=3, in_channels=1, out_channels=1))
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GROUPS = ("paper-table", "reference", "ablation", "extra")
+TASKS = ("segmentation", "classification")
+INFORMATION_SUBSETS = ("everything", "clinical_only", "single_timepoint", "imaging_only")
+"""Keys of ``oracle.json``: the information an experiment's inputs carry."""
+
+
+@dataclass(frozen=True)
+class DataView:
+    """What an experiment sees of each patient.
+
+    Attributes:
+        timepoints: the latest ``timepoints`` scans per patient (1 = latest scan only).
+        use_clinical: feed the clinical record to the model.
+    """
+
+    timepoints: int = 2
+    use_clinical: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an experiment is trained; every field can be overridden from the CLI or Optuna.
+
+    The default is the public release's recipe: Adam, learning rate 1e-4, cosine decay to
+    0.1x. ``stages`` is ``("joint",)`` for one stage on all losses, or
+    ``("segmentation", "classification")`` for the paper's two-stage recipe (the second
+    stage freezes what the first trained).
+    """
+
+    epochs: int = 30
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    final_lr_fraction: float = 0.1
+    early_stopping_patience: int = 10
+    gradient_accumulation: int = 1
+    stages: tuple[str, ...] = ("joint",)
+    stage_epochs: tuple[int, ...] | None = None
+    seg_loss_weight: float = 0.7
+    cls_loss_weight: float = 0.3
+    augment: bool = True
+    amp: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a model builder knows about the data it will see.
+
+    Attributes:
+        image_size: (D, H, W) of each preprocessed volume.
+        num_timepoints: T, the number of scans per patient fed to the model.
+        clinical_cardinalities: codes per categorical clinical column (code 0 = unknown).
+        num_numeric: number of numeric clinical features.
+        use_clinical: whether clinical inputs are fed.
+        preset: the size preset name ("tiny", "cpu", "paper").
+        params: hyperparameter overrides (from the CLI or an Optuna trial).
+    """
+
+    image_size: tuple[int, int, int]
+    num_timepoints: int
+    clinical_cardinalities: tuple[int, ...]
+    num_numeric: int
+    use_clinical: bool
+    preset: str = "cpu"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A registered experiment.
+
+    Attributes:
+        name: registry key, e.g. ``"mstnet"``, ``"unetr"``, ``"ablation/no-stdm"``.
+        description: one line for ``mstnet list``.
+        build: ``ModelContext -> nn.Module`` for deep models (returning
+            :class:`mstnet.models.output.ModelOutput`), or ``ModelContext -> estimator`` for
+            tabular ones (``kind="tabular"``: ``fit(features, labels)`` and
+            ``predict_proba(features) -> [N]``).
+        tasks: subset of ``("segmentation", "classification")``.
+        group: "paper-table", "reference", "ablation" or "extra".
+        table_row: the Table-1 row this experiment fills, if any.
+        information: the oracle subset matching its inputs (a key of ``oracle.json``).
+        data_view: time points and modalities it sees.
+        recipe: its default training recipe per preset name (``"default"`` applies to all).
+        footnote: deviations from the source method, shown under the table.
+        kind: "torch" (trained by the harness) or "tabular" (fitted on patient features).
+        search_space: ``optuna.Trial -> dict`` of overrides, for ``mstnet tune``.
+    """
+
+    name: str
+    description: str
+    build: Callable[[ModelContext], Any]
+    tasks: tuple[str, ...]
+    group: str = "extra"
+    table_row: str | None = None
+    information: str = "everything"
+    data_view: DataView = DataView()
+    recipe: dict[str, Recipe] = field(default_factory=lambda: {"default": Recipe()})
+    footnote: str = ""
+    kind: Literal["torch", "tabular"] = "torch"
+    search_space: Callable[[Any], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"experiment {self.name!r}: group {self.group!r} is not one of {GROUPS}")
+        unknown = set(self.tasks) - set(TASKS)
+        if not self.tasks or unknown:
+            raise ValueError(f"experiment {self.name!r}: tasks {self.tasks!r} must be a non-empty subset of {TASKS}")
+        if self.information not in INFORMATION_SUBSETS:
+            raise ValueError(f"experiment {self.name!r}: information {self.information!r} is not one of {INFORMATION_SUBSETS}")
+
+    def recipe_for(self, preset: str) -> Recipe:
+        return self.recipe.get(preset, self.recipe.get("default", Recipe()))
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON-able part written to ``experiment.json``."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "tasks": list(self.tasks),
+            "group": self.group,
+            "table_row": self.table_row,
+            "information": self.information,
+            "footnote": self.footnote,
+            "kind": self.kind,
+            "data_view": {"timepoints": self.data_view.timepoints, "use_clinical": self.data_view.use_clinical},
+        }
+
+
+_REGISTRY: dict[str, ExperimentSpec] = {}
+_PLUGIN_PACKAGES = ("mstnet.experiments.catalog", "baselines", "ablations")
+_plugins_loaded = False
+
+
+def register_experiment(name: str, **spec_fields: Any) -> Callable[[Callable], Callable]:
+    """Decorator registering a model builder as experiment ``name`` (fields of :class:`ExperimentSpec`)."""
+
+    def decorator(build: Callable) -> Callable:
+        add_experiment(ExperimentSpec(name=name, build=build, **spec_fields))
+        return build
+
+    return decorator
+
+
+def add_experiment(spec: ExperimentSpec) -> ExperimentSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name].build is not spec.build:
+        raise ValueError(f"experiment {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_plugins() -> None:
+    """Import the packages whose modules register experiments (idempotent)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for package in _PLUGIN_PACKAGES:
+        importlib.import_module(package)
+
+
+def get_experiment(name: str) -> ExperimentSpec:
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = fnmatch.filter(_REGISTRY, f"*{name}*")
+        hint = f"; similar: {', '.join(sorted(close))}" if close else "; `mstnet list` shows all"
+        raise KeyError(f"no experiment named {name!r}{hint}") from None
+
+
+def list_experiments(pattern: str = "*", group: str | None = None) -> list[ExperimentSpec]:
+    """Registered experiments whose name matches ``pattern`` (fnmatch), sorted by group then name."""
+    _load_plugins()
+    specs = [s for s in _REGISTRY.values() if fnmatch.fnmatch(s.name, pattern) and (group is None or s.group == group)]
+    return sorted(specs, key=lambda s: (GROUPS.index(s.group), s.name))
