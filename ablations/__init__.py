@@ -1,0 +1,11 @@
+"""Registered named MST-Net variants: every module here registers its experiments on import.
+
+Adding one is one new file with one `register_experiment` call; `mstnet list` shows it.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

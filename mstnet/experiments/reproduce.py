@@ -1,0 +1,85 @@
+"""Run a group of experiments on one cohort and one set of folds: the paper table, references, ablations.
+
+``prepare_runs`` fixes the cohort and the folds of a results folder (``splits.json``,
+``cohort.json``, ``oracle.json``); every experiment run into that folder uses the same
+splits, and a folder made for another cohort or other folds is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mstnet.data.cohort import Cohort, write_text_atomic
+from mstnet.data.sources import load_cohort
+from mstnet.experiments.presets import RunPreset
+from mstnet.experiments.registry import ExperimentSpec, list_experiments
+from mstnet.experiments.runner import RunOptions, run_experiment
+from mstnet.experiments.splits import Splits, make_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedRuns:
+    """A results folder bound to one cohort and its folds."""
+
+    runs_dir: Path
+    cohort: Cohort
+    splits: Splits
+
+
+def default_cohort_dir(preset: str, seed: int = 0) -> Path:
+    """The embedded synthetic cohort for ``preset``, generated on first use and cached."""
+    from mstnet.synth import ensure_default_cohort
+
+    return Path(ensure_default_cohort(preset, seed=seed))
+
+
+def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, seed: int = 0) -> PreparedRuns:
+    """Load the cohort (``data`` or the embedded default for the preset) and fix the folds of ``runs_dir``."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    cohort_dir = Path(data) if data is not None else default_cohort_dir(preset.name, seed=seed)
+    cohort = load_cohort(cohort_dir)
+    fresh = make_splits(cohort.patient_ids, cohort.labels, n_folds=preset.n_folds,
+                        validation_fraction=preset.validation_fraction, seed=seed)
+    splits_path = runs_dir / "splits.json"
+    if splits_path.exists():
+        splits = Splits.read(splits_path)
+        if splits.hash != fresh.hash:
+            raise RuntimeError(
+                f"{splits_path} holds other folds than this cohort and seed give (hash {splits.hash[:12]} vs "
+                f"{fresh.hash[:12]}): results in one folder must share folds; use another --out"
+            )
+    else:
+        splits = fresh
+        splits.write(splits_path)
+    ground_truth = (cohort_dir / "ground_truth.csv").exists()
+    write_text_atomic(runs_dir / "cohort.json", json.dumps({
+        "name": cohort_dir.name, "source": str(cohort_dir.resolve()), "patients": len(cohort),
+        "malignant": int(sum(cohort.labels)), "synthetic": ground_truth, "preset": preset.name,
+        "crop_size": list(preset.crop_size), "splits_hash": splits.hash,
+        "note": ("synthetic cohort with known ground truth (not NLST)" if ground_truth else "user cohort"),
+    }, indent=2) + "\n")
+    oracle = cohort_dir / "oracle.json"
+    if oracle.exists():
+        shutil.copyfile(oracle, runs_dir / "oracle.json")
+    return PreparedRuns(runs_dir, cohort, splits)
+
+
+def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: RunOptions,
+              folds: Sequence[int] | None = None) -> None:
+    """Run every experiment of ``specs`` on the prepared folds (finished folds are skipped)."""
+    for index, spec in enumerate(specs, start=1):
+        log.info("[%d/%d] %s", index, len(specs), spec.name)
+        run_experiment(spec, prepared.cohort, prepared.splits, prepared.runs_dir, options, folds=folds)
+
+
+def paper_table_experiments() -> list[ExperimentSpec]:
+    """The registered experiments that fill rows of the paper's Table 1."""
+    return list_experiments(group="paper-table")

@@ -1,0 +1,387 @@
+"""Run a registered experiment over cross-validation folds and write its results.
+
+For each fold: fit the clinical encoder on the fold's training patients, build the model
+for that view of the data, train on ``train`` with every choice made on ``validation``,
+then evaluate once on ``test``. Results go to ``RUNS_DIR/<experiment>/fold<k>/`` in the
+format of ``docs/results-format.md``; ``run.json`` is written last, so a fold without it is
+unfinished: it resumes from ``last.pt`` on the next run, and finished folds are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.cohort import Cohort, write_text_atomic
+from mstnet.data.dataset import PatientDataset, collate_patients
+from mstnet.data.transforms import PreprocessConfig
+from mstnet.experiments.presets import RunPreset
+from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe
+from mstnet.experiments.splits import Fold, Splits
+from mstnet.experiments.training import (
+    EpochCallback,
+    fit,
+    foreground_probability,
+    forward_batch,
+    is_main_process,
+    malignancy_probability,
+    move_batch,
+    seed_everything,
+)
+from mstnet.metrics import classification_metrics, segmentation_metrics
+
+log = logging.getLogger(__name__)
+
+GALLERY_CASES = 6
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options shared by every fold of a run.
+
+    Attributes:
+        preset: sizes and training length.
+        device: torch device to train on.
+        params: hyperparameter overrides applied to the recipe (fields of :class:`Recipe`)
+            and passed to the model builder (everything else).
+        cache_dir: where preprocessed volumes are cached (shared by folds and experiments).
+        callbacks: per-epoch callbacks (Optuna pruning, tests).
+        progress: show progress bars.
+        evaluate_test: evaluate on the test fold (False while tuning: tuning never sees it).
+    """
+
+    preset: RunPreset
+    device: torch.device
+    params: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    callbacks: tuple[EpochCallback, ...] = ()
+    progress: bool = True
+    evaluate_test: bool = True
+
+
+def experiment_dir(runs_dir: Path, name: str) -> Path:
+    return Path(runs_dir) / name.replace("/", "__")
+
+
+def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
+    """The experiment's recipe for the preset, with preset lengths and parameter overrides applied."""
+    recipe = spec.recipe_for(options.preset.name)
+    recipe = replace(recipe, epochs=options.preset.epochs, batch_size=options.preset.batch_size,
+                     early_stopping_patience=options.preset.patience)
+    recipe_fields = {f for f in Recipe.__dataclass_fields__}
+    overrides = {k: v for k, v in options.params.items() if k in recipe_fields}
+    if "stage_epochs" in overrides and overrides["stage_epochs"] is not None:
+        overrides["stage_epochs"] = tuple(overrides["stage_epochs"])
+    return replace(recipe, **overrides)
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in metrics.items()}
+
+
+def youden_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
+    """The probability threshold maximising sensitivity + specificity - 1 (0.5 if undefined)."""
+    from sklearn.metrics import roc_curve
+
+    if len(set(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(max(thresholds[best], 0.0), 1.0))
+
+
+class FoldData:
+    """The three datasets of one fold, sharing a clinical encoder fitted on ``train`` only."""
+
+    def __init__(self, cohort: Cohort, fold: Fold, spec: ExperimentSpec, options: RunOptions):
+        self.encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort.subset(fold.train))
+        preprocess = PreprocessConfig(crop_size=options.preset.crop_size)
+        timepoints = spec.data_view.timepoints
+
+        def dataset(ids: Sequence[str], augment: bool) -> PatientDataset:
+            return PatientDataset(cohort.subset(ids), self.encoder, preprocess, timepoints=timepoints,
+                                  augment=augment, cache_dir=options.cache_dir)
+
+        self.train = dataset(fold.train, augment=True)
+        self.validation = dataset(fold.validation, augment=False)
+        self.test = dataset(fold.test, augment=False)
+        self.timepoints = timepoints
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+        shuffle = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+                      collate_fn=collate_patients, pin_memory=device.type == "cuda", num_workers=0)
+
+
+def model_context(spec: ExperimentSpec, encoder: ClinicalEncoder, options: RunOptions) -> ModelContext:
+    recipe_fields = set(Recipe.__dataclass_fields__)
+    return ModelContext(
+        image_size=tuple(options.preset.crop_size),
+        num_timepoints=spec.data_view.timepoints,
+        clinical_cardinalities=tuple(encoder.cardinalities),
+        num_numeric=encoder.num_numeric,
+        use_clinical=spec.data_view.use_clinical,
+        preset=options.preset.name,
+        params={k: v for k, v in options.params.items() if k not in recipe_fields},
+    )
+
+
+def predict(model: torch.nn.Module, loader, device: torch.device, use_clinical: bool, amp: bool):
+    """Yield (batch, malignancy probability [B] or None, foreground probability [B, T, D, H, W] or None)."""
+    from mstnet.experiments.training import autocast_context
+
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            moved = move_batch(batch, device)
+            with autocast_context(device, amp):
+                output = forward_batch(model, moved, use_clinical)
+            probability = malignancy_probability(output.cls_logits).cpu() if output.cls_logits is not None else None
+            foreground = foreground_probability(output.seg_logits).cpu() if output.seg_logits is not None else None
+            yield batch, probability, foreground
+
+
+def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptions, recipe: Recipe, fold: int):
+    """Predictions and metrics on the inner validation split (threshold) and the test fold (numbers)."""
+    use_clinical = spec.data_view.use_clinical
+    batch_size = options.preset.batch_size
+    threshold = 0.5
+    if "classification" in spec.tasks:
+        val_labels, val_probs = [], []
+        for batch, probability, _ in predict(model, _loader(data.validation, batch_size, False, 0, options.device),
+                                             options.device, use_clinical, recipe.amp):
+            val_labels += batch["label"].tolist()
+            val_probs += probability.tolist()
+        threshold = youden_threshold(val_labels, val_probs)
+    patients, scans, gallery = [], [], []
+    for batch, probability, foreground in predict(model, _loader(data.test, batch_size, False, 0, options.device),
+                                                  options.device, use_clinical, recipe.amp):
+        for i, patient_id in enumerate(batch["patient_id"]):
+            label = int(batch["label"][i])
+            if probability is not None:
+                patients.append({"patient_id": patient_id, "fold": fold, "label": label, "probability": float(probability[i])})
+            if foreground is None or not bool(batch["has_mask"][i]):
+                continue
+            spacing = tuple(float(s) for s in batch["spacing"][i])
+            for t, timepoint in enumerate(batch["timepoints"][i]):
+                pred = foreground[i, t].numpy() > 0.5
+                truth = batch["mask"][i, t, 0].numpy() > 0.5
+                scans.append({"patient_id": patient_id, "timepoint": timepoint, "fold": fold,
+                              **segmentation_metrics(pred, truth, spacing=spacing)})
+            gallery.append((patient_id, batch["image"][i, :, 0].numpy(), batch["mask"][i, :, 0].numpy() > 0.5,
+                            foreground[i].numpy() > 0.5))
+    metrics: dict[str, Any] = {"segmentation": None, "classification": None, "convention": "monai",
+                               "average": "binary", "threshold": 0.5}
+    if scans:
+        frame = pd.DataFrame(scans)
+        metrics["segmentation"] = _clean({k: float(frame[k].mean()) for k in ("dice", "jaccard", "hd95", "asd")})
+    if patients:
+        frame = pd.DataFrame(patients)
+        metrics["classification"] = _clean(classification_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy()))
+        metrics["classification_at_validation_threshold"] = _clean(
+            classification_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), threshold=threshold))
+        metrics["validation_threshold"] = threshold
+    return metrics, patients, scans, gallery, threshold
+
+
+def _write_gallery(path: Path, gallery, scans: list[dict]) -> None:
+    """Best, median and worst test cases by mean Dice: central nodule slice of each time point."""
+    if not gallery:
+        return
+    dice_by_patient = pd.DataFrame(scans).groupby("patient_id")["dice"].mean()
+    ordered = sorted(gallery, key=lambda case: dice_by_patient.get(case[0], 0.0))
+    picks = sorted({0, len(ordered) // 2, len(ordered) - 1, 1 % len(ordered), max(len(ordered) - 2, 0)})[:GALLERY_CASES]
+    images, masks, preds, ids, dice = [], [], [], [], []
+    for index in picks:
+        patient_id, image, mask, pred = ordered[index]
+        depth_profile = mask.sum(axis=(0, 2, 3))
+        z = int(np.argmax(depth_profile)) if depth_profile.any() else image.shape[1] // 2
+        images.append(image[:, z]), masks.append(mask[:, z]), preds.append(pred[:, z])
+        ids.append(patient_id), dice.append(float(dice_by_patient.get(patient_id, math.nan)))
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, image=np.stack(images).astype(np.float32), mask=np.stack(masks), pred=np.stack(preds),
+                        patient_id=np.array(ids), dice=np.array(dice), timepoints=np.array(gallery[0][1].shape[0]))
+    tmp.replace(path)
+
+
+def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int, runs_dir: Path,
+             options: RunOptions) -> dict[str, Any]:
+    """Train and evaluate one fold of a torch experiment; returns its metrics."""
+    fold = splits.folds[fold_index]
+    fold_dir = experiment_dir(runs_dir, spec.name) / f"fold{fold_index}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    started, clock = datetime.now(timezone.utc).isoformat(), time.perf_counter()
+    recipe = resolve_recipe(spec, options)
+    seed_everything(recipe.seed + fold_index)
+    data = FoldData(cohort, fold, spec, options)
+    context = model_context(spec, data.encoder, options)
+    model = spec.build(context).to(options.device)
+    config = {"experiment": spec.name, "fold": fold_index, "preset": asdict(options.preset), "recipe": asdict(recipe),
+              "context": asdict(context), "model": getattr(model, "config_dict", lambda: None)()}
+    if is_main_process():
+        _write_json(fold_dir / "config.json", config)
+    trained = model
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    def train_loader(seed: int):
+        if hasattr(data.train, "set_augmentation_seed"):
+            data.train.set_augmentation_seed(seed)
+        loader = _loader(data.train, recipe.batch_size, True, seed, options.device)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(seed)
+        return loader
+
+    result = fit(trained, train_loader, _loader(data.validation, recipe.batch_size, False, 0, options.device), recipe,
+                 spec.tasks, fold_dir, options.device, use_clinical=spec.data_view.use_clinical,
+                 callbacks=options.callbacks, progress=options.progress)
+    history = pd.DataFrame([vars(r) for r in result.history])
+    if not is_main_process():
+        return {}
+    write_text_atomic(fold_dir / "history.csv", history.to_csv(index=False))
+    if not options.evaluate_test:
+        return {"history": history}
+    metrics, patients, scans, gallery, threshold = evaluate_fold(model, data, spec, options, recipe, fold_index)
+    if patients:
+        write_text_atomic(fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
+    if scans:
+        write_text_atomic(fold_dir / "segmentation.csv", pd.DataFrame(scans).to_csv(index=False))
+        _write_gallery(fold_dir / "gallery.npz", gallery, scans)
+    _write_json(fold_dir / "metrics.json", metrics)
+    _write_json(fold_dir / "run.json", {
+        "status": "complete", "experiment": spec.name, "fold": fold_index, "splits_hash": splits.hash,
+        "started": started, "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_s": time.perf_counter() - clock, "selected_epoch": result.selected_epochs,
+        "threshold": threshold, "resumed_from_epoch": result.resumed_from_epoch,
+        **_environment(options.device),
+    })
+    return metrics
+
+
+def fold_is_complete(runs_dir: Path, name: str, fold_index: int, splits: Splits) -> bool:
+    run_json = experiment_dir(runs_dir, name) / f"fold{fold_index}" / "run.json"
+    if not run_json.exists():
+        return False
+    record = json.loads(run_json.read_text())
+    if record.get("splits_hash") != splits.hash:
+        raise RuntimeError(
+            f"{run_json} was produced with other folds (splits hash {record.get('splits_hash', '?')[:12]}, "
+            f"now {splits.hash[:12]}); use another --out folder or delete that experiment's results"
+        )
+    return record.get("status") == "complete"
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    cohort: Cohort,
+    splits: Splits,
+    runs_dir: Path,
+    options: RunOptions,
+    folds: Sequence[int] | None = None,
+    run_fold_fn: Callable[..., dict[str, Any]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Run ``spec`` on the given folds (all by default), skipping finished ones."""
+    runs_dir = Path(runs_dir)
+    exp_dir = experiment_dir(runs_dir, spec.name)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        _write_json(exp_dir / "experiment.json", spec.metadata())
+    fold_runner = run_fold_fn or (run_tabular_fold if spec.kind == "tabular" else run_fold)
+    results = {}
+    for fold_index in folds if folds is not None else range(splits.n_folds):
+        if fold_is_complete(runs_dir, spec.name, fold_index, splits):
+            log.info("%s fold %d: already complete, skipped", spec.name, fold_index)
+            results[fold_index] = json.loads((exp_dir / f"fold{fold_index}" / "metrics.json").read_text())
+            continue
+        log.info("%s fold %d: training", spec.name, fold_index)
+        results[fold_index] = fold_runner(spec, cohort, splits, fold_index, runs_dir, options)
+    return results
+
+
+def run_tabular_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int, runs_dir: Path,
+                     options: RunOptions) -> dict[str, Any]:
+    """Fit a tabular (non-deep) classifier on patient features and evaluate it on the test fold."""
+    from mstnet.data.features import patient_features
+
+    fold = splits.folds[fold_index]
+    fold_dir = experiment_dir(runs_dir, spec.name) / f"fold{fold_index}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    started, clock = datetime.now(timezone.utc).isoformat(), time.perf_counter()
+    features = patient_features(cohort, timepoints=spec.data_view.timepoints)
+    label_of = dict(zip(cohort.patient_ids, cohort.labels))
+    context = ModelContext(image_size=tuple(options.preset.crop_size), num_timepoints=spec.data_view.timepoints,
+                           clinical_cardinalities=(), num_numeric=0, use_clinical=spec.data_view.use_clinical,
+                           preset=options.preset.name, params=dict(options.params))
+    estimator = spec.build(context)
+    estimator.fit(features.loc[list(fold.train)], np.array([label_of[p] for p in fold.train]))
+    val_probs = estimator.predict_proba(features.loc[list(fold.validation)])
+    threshold = youden_threshold([label_of[p] for p in fold.validation], val_probs)
+    test_ids = list(fold.test)
+    probabilities = estimator.predict_proba(features.loc[test_ids])
+    labels = np.array([label_of[p] for p in test_ids])
+    patients = [{"patient_id": p, "fold": fold_index, "label": int(y), "probability": float(q)}
+                for p, y, q in zip(test_ids, labels, probabilities)]
+    metrics = {"segmentation": None, "classification": _clean(classification_metrics(labels, probabilities)),
+               "classification_at_validation_threshold": _clean(classification_metrics(labels, probabilities, threshold=threshold)),
+               "validation_threshold": threshold, "convention": "monai", "average": "binary", "threshold": 0.5}
+    _write_json(fold_dir / "config.json", {"experiment": spec.name, "fold": fold_index, "context": asdict(context),
+                                           "features": list(features.columns)})
+    write_text_atomic(fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
+    _write_json(fold_dir / "metrics.json", metrics)
+    _write_json(fold_dir / "run.json", {
+        "status": "complete", "experiment": spec.name, "fold": fold_index, "splits_hash": splits.hash,
+        "started": started, "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_s": time.perf_counter() - clock, "selected_epoch": None, "threshold": threshold,
+        **_environment(options.device),
+    })
+    return metrics
