@@ -245,6 +245,8 @@ def fit(
         progress: show tqdm progress bars.
     """
     stages = stages_for(recipe, tasks)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     last_path = run_dir / "last.pt" if run_dir else None
     best_path = run_dir / "best.pt" if run_dir else None
     core = _unwrap(model)
@@ -298,7 +300,7 @@ def fit(
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
-                train_loss += float(loss) * len(batch["label"])
+                train_loss += float(loss.detach()) * len(batch["label"])
                 n_seen += len(batch["label"])
             if n_seen and (step + 1) % recipe.gradient_accumulation != 0:
                 scaler.step(optimizer)

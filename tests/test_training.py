@@ -1,0 +1,125 @@
+"""The training loop: resume equals an uninterrupted fit, stages freeze what they should, selection uses validation."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mstnet.experiments.registry import Recipe
+from mstnet.experiments.training import fit, stages_for
+from mstnet.models.output import ModelOutput
+
+
+class TinyTwoTaskNet(nn.Module):
+    """A conv segmentation head plus a pooled linear classifier; exposes the two-stage API."""
+
+    def __init__(self):
+        super().__init__()
+        self.segmenter = nn.Conv3d(1, 1, 3, padding=1)
+        self.classifier = nn.Linear(2, 2)
+
+    def forward(self, images, clinical_categorical=None, clinical_numeric=None, days=None):
+        b, t = images.shape[:2]
+        seg = self.segmenter(images.flatten(0, 1)).unflatten(0, (b, t))
+        pooled = torch.stack([images.mean(dim=(2, 3, 4, 5))[:, -1], torch.sigmoid(seg).mean(dim=(2, 3, 4, 5))[:, -1]], 1)
+        return ModelOutput(seg_logits=seg, cls_logits=self.classifier(pooled))
+
+    def freeze_segmentation(self):
+        self.segmenter.requires_grad_(False)
+
+    def classification_parameters(self):
+        return self.classifier.parameters()
+
+
+def _batches(n_patients=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n_patients, 2, 1, 4, 8, 8, generator=generator)
+    masks = (images > 0.8).float()
+    labels = (images.mean(dim=(1, 2, 3, 4, 5)) > 0).long()
+    return [
+        {"image": images[i:i + 2], "mask": masks[i:i + 2], "has_mask": torch.ones(2, dtype=torch.bool),
+         "days": torch.tensor([[0.0, 365.0]] * 2), "clinical_categorical": torch.zeros(2, 0, dtype=torch.long),
+         "clinical_numeric": torch.zeros(2, 0), "label": labels[i:i + 2]}
+        for i in range(0, n_patients, 2)
+    ]
+
+
+TRAIN, VALIDATION = _batches(8, seed=1), _batches(4, seed=2)
+
+
+def _train_loader(seed):
+    order = torch.randperm(len(TRAIN), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [TRAIN[i] for i in order]
+
+
+RECIPE = Recipe(epochs=4, learning_rate=1e-2, stages=("segmentation", "classification"), early_stopping_patience=10, seed=3)
+
+
+def _fit(run_dir, callbacks=()):
+    torch.manual_seed(0)
+    model = TinyTwoTaskNet()
+    result = fit(model, _train_loader, VALIDATION, RECIPE, ("segmentation", "classification"), run_dir,
+                 torch.device("cpu"), use_clinical=False, callbacks=callbacks, progress=False)
+    return model, result
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def test_resumed_fit_equals_uninterrupted_fit(tmp_path):
+    reference, reference_result = _fit(tmp_path / "straight")
+
+    seen = []
+
+    def interrupt_after_five_epochs(record):
+        seen.append(record)
+        if len(seen) == 5:  # mid-way through the classification stage
+            raise Interrupt("injected")
+
+    with pytest.raises(Interrupt):
+        _fit(tmp_path / "interrupted", callbacks=[interrupt_after_five_epochs])
+    resumed, resumed_result = _fit(tmp_path / "interrupted")
+
+    assert resumed_result.resumed_from_epoch == 5
+    assert [(r.stage, r.epoch) for r in resumed_result.history] == [(r.stage, r.epoch) for r in reference_result.history]
+    for a, b in zip(resumed_result.history, reference_result.history):
+        assert a.val_loss == pytest.approx(b.val_loss, abs=1e-6)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"parameter {name} differs after resume")
+    assert resumed_result.selected_epochs == reference_result.selected_epochs
+
+
+def test_classification_stage_leaves_segmentation_weights_at_stage_one_best(tmp_path):
+    model, result = _fit(tmp_path)
+    best = torch.load(tmp_path / "last.pt", weights_only=False)["best_weights_previous_stage"]
+    torch.testing.assert_close(model.segmenter.weight, best["segmenter.weight"])
+    stages = [r.stage for r in result.history]
+    assert stages == ["segmentation"] * 4 + ["classification"] * 4
+
+
+def test_selected_epoch_is_the_best_validation_epoch(tmp_path):
+    _, result = _fit(tmp_path)
+    for stage in ("segmentation", "classification"):
+        records = [r for r in result.history if r.stage == stage]
+        best = max(records, key=lambda r: r.val_score)
+        assert result.selected_epochs[stage] == best.epoch
+        assert best.val_score == pytest.approx(-best.val_loss)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
+    recipe = Recipe(epochs=30, learning_rate=0.0, final_lr_fraction=1.0, early_stopping_patience=2)
+    torch.manual_seed(0)
+    result = fit(TinyTwoTaskNet(), _train_loader, VALIDATION, recipe, ("segmentation", "classification"), None,
+                 torch.device("cpu"), use_clinical=False, progress=False)
+    assert len(result.history) == 3  # epoch 0 sets the best; with lr 0 nothing improves for 2 more epochs
+    assert all(math.isfinite(r.val_loss) for r in result.history)
+
+
+def test_stages_follow_the_tasks_of_the_model():
+    two_stage = Recipe(stages=("segmentation", "classification"), epochs=3)
+    assert [s.name for s in stages_for(two_stage, ("segmentation",))] == ["segmentation"]
+    assert [(s.seg_weight, s.cls_weight) for s in stages_for(Recipe(), ("classification",))] == [(0.0, 0.3)]
+    with pytest.raises(ValueError, match="unknown training stage 'pretrain'"):
+        stages_for(Recipe(stages=("pretrain",)), ("segmentation",))
