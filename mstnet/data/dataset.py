@@ -1,0 +1,245 @@
+"""The PyTorch dataset of a cohort: one item per patient, all its selected time points stacked.
+
+An item (:class:`PatientDataset`), with T time points, C categorical and N numeric clinical columns:
+
+- ``"image"``: float32 ``[T, 1, D, H, W]``, preprocessed (:mod:`mstnet.data.transforms`).
+- ``"mask"``: float32 ``[T, 1, D, H, W]`` 0/1 (zeros for a scan without a mask).
+- ``"has_mask"``: bool scalar, every selected scan has a mask; ``"mask_present"`` bool ``[T]``.
+- ``"days"``: float32 ``[T]``, days since the patient's first scan (T0).
+- ``"clinical_categorical"``: int64 ``[C]`` (0 = unknown); ``"clinical_numeric"``: float32
+  ``[N]`` standardised; ``"clinical_numeric_missing"``: bool ``[N]``.
+- ``"label"``: int64 scalar; ``"spacing"``: float32 ``[3]`` (z, y, x) mm of the crop (latest scan);
+- ``"patient_id"``: str; ``"timepoints"``: list of str.
+
+Preprocessed scans (the deterministic part) are cached, keyed by a hash of the image and mask
+paths, their modification times and sizes, the nodule location and the
+:class:`PreprocessConfig`: in memory (``memory_cache``) and on disk (``cache_dir``, one
+``.npz`` per scan, written atomically, shared between datasets and runs). Later epochs
+neither re-read nor re-preprocess; augmentation runs after the cache, on every access.
+:func:`collate_patients` batches items for a ``DataLoader`` (strings and lists stay lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.cohort import Cohort, CohortError, Patient, Problem, Scan
+from mstnet.data.io import read_mask, read_volume
+from mstnet.data.transforms import AugmentConfig, PreprocessConfig, augmentation_transform, preprocess_scan, preprocessing_transform
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+"""Bumped when the preprocessing code changes what it produces, so old cache entries are not reused."""
+
+Timepoints = None | int | Sequence[str]
+
+
+def select_scans(patient: Patient, timepoints: Timepoints) -> tuple[Scan, ...]:
+    """The scans of ``patient`` a dataset uses: all (``None``), the latest k (int) or the named ones (in time order).
+
+    Raises:
+        CohortError: the patient has fewer scans than asked, or lacks a named time point.
+    """
+    if timepoints is None:
+        return patient.scans
+    if isinstance(timepoints, int):
+        if timepoints < 1:
+            raise ValueError(f"timepoints must be at least 1, got {timepoints}")
+        if len(patient.scans) < timepoints:
+            raise CohortError(Problem(f"has {len(patient.scans)} time point(s) ({', '.join(patient.timepoints)}), "
+                                      f"{timepoints} asked for", patient_id=patient.patient_id))
+        return patient.scans[-timepoints:]
+    wanted = list(timepoints)
+    missing = [t for t in wanted if t not in patient.timepoints]
+    if missing:
+        raise CohortError(Problem(f"lacks time point(s) {missing} (has {list(patient.timepoints)})", patient_id=patient.patient_id))
+    return tuple(s for s in patient.scans if s.timepoint in wanted)
+
+
+def file_signature(path: Path | None) -> list:
+    """What identifies a file's content cheaply: (path, mtime_ns, size); for a folder, the same for each file in it."""
+    if path is None:
+        return []
+    path = Path(path)
+    if path.is_dir():
+        return [str(path)] + [[entry.name, entry.stat().st_mtime_ns, entry.stat().st_size]
+                              for entry in sorted(os.scandir(path), key=lambda e: e.name) if entry.is_file()]
+    stat = path.stat()
+    return [str(path), stat.st_mtime_ns, stat.st_size]
+
+
+def scan_cache_key(scan: Scan, config: PreprocessConfig) -> str:
+    """Hash of the scan's files (path, mtime, size), its nodule location and the preprocessing config."""
+    payload = {
+        "version": CACHE_VERSION,
+        "image": file_signature(scan.image),
+        "mask": file_signature(scan.mask),
+        "nodule": asdict(scan.nodule) if scan.nodule is not None else None,
+        "preprocess": config.to_json(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class PatientDataset(Dataset):
+    """One item per patient: its selected scans preprocessed and stacked, plus clinical codes and label.
+
+    Args:
+        cohort: the patients (e.g. one fold's training portion).
+        encoder: a :class:`ClinicalEncoder` already fitted on training patients.
+        preprocess: the deterministic preprocessing. Default ``PreprocessConfig()``.
+        timepoints: ``None`` (default) all scans, ``k`` the latest k, or a list of time point
+            names. Items of a batch must have the same T.
+        augment: ``False`` (default), ``True`` (``AugmentConfig()``) or an :class:`AugmentConfig`.
+        cache_dir: folder for the on-disk cache of preprocessed scans; ``None`` (default): none.
+        memory_cache: keep preprocessed scans in memory too. Default ``True``.
+        seed: seed of the augmentation's random draws. Default 0.
+
+    Raises:
+        CohortError: patients with fewer scans than ``timepoints`` asks for (all named at once).
+
+    Example:
+        >>> dataset = PatientDataset(cohort, encoder, PreprocessConfig(crop_size=(16, 64, 64)), timepoints=2)
+        >>> dataset[0]["image"].shape   # torch.Size([2, 1, 16, 64, 64])
+    """
+
+    def __init__(self, cohort: Cohort, encoder: ClinicalEncoder, preprocess: PreprocessConfig | None = None,
+                 timepoints: Timepoints = None, augment: bool | AugmentConfig = False, cache_dir: str | Path | None = None,
+                 memory_cache: bool = True, seed: int = 0):
+        self.cohort = cohort
+        self.encoder = encoder
+        self.preprocess = preprocess or PreprocessConfig()
+        self.timepoints = timepoints
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.memory_cache: dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float]]] | None = {} if memory_cache else None
+        self.transform = preprocessing_transform(self.preprocess)
+        augment_config = AugmentConfig() if augment is True else (augment or None)
+        self.augmentation = augmentation_transform(augment_config, self.preprocess.crop_size, seed) if augment_config else None
+        items, problems = [], []
+        for patient in cohort:
+            try:
+                items.append((patient, select_scans(patient, timepoints)))
+            except CohortError as error:
+                problems.extend(error.problems)
+        if problems:
+            raise CohortError(problems)
+        self.items = items
+        self.clinical = {patient.patient_id: encoder.encode(patient) for patient, _ in items}
+        self.reads = 0
+        """Scans read and preprocessed from their files (not served from a cache); for tests and benchmarks."""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read_and_preprocess(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        volume = read_volume(scan.image)
+        mask = None
+        if scan.mask is not None:
+            mask = read_mask(scan.mask, image_shape=volume.shape).array
+            if mask.shape != volume.shape:
+                raise CohortError(Problem(f"mask shape {mask.shape} differs from image shape {volume.shape}",
+                                          patient_id=patient.patient_id, timepoint=scan.timepoint, file=str(scan.mask)))
+        self.reads += 1
+        return preprocess_scan(self.transform, volume.array, mask, volume.spacing, scan.nodule)
+
+    def preprocessed(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """(image ``(D, H, W)`` float32, mask ``(D, H, W)`` uint8, spacing) of one scan, from a cache when possible."""
+        key = scan_cache_key(scan, self.preprocess)
+        if self.memory_cache is not None and key in self.memory_cache:
+            return self.memory_cache[key]
+        entry = None
+        path = self.cache_dir / f"{key}.npz" if self.cache_dir is not None else None
+        if path is not None and path.exists():
+            try:
+                with np.load(path) as stored:
+                    entry = (stored["image"], stored["mask"], tuple(float(s) for s in stored["spacing"]))
+            except (OSError, ValueError, KeyError, EOFError):
+                log.warning("damaged cache entry %s: recomputing", path)
+        if entry is None:
+            entry = self._read_and_preprocess(patient, scan)
+            if path is not None:
+                _save_npz_atomic(path, image=entry[0], mask=entry[1], spacing=np.asarray(entry[2]))
+        if self.memory_cache is not None:
+            self.memory_cache[key] = entry
+        return entry
+
+    def __getitem__(self, index: int) -> dict:
+        patient, scans = self.items[index]
+        images, masks, spacings = zip(*(self.preprocessed(patient, scan) for scan in scans))
+        image = torch.from_numpy(np.stack(images))
+        mask = torch.from_numpy(np.stack(masks).astype(np.float32))
+        if self.augmentation is not None:
+            augmented = self.augmentation({"image": image.clone(), "mask": mask.clone()})
+            image, mask = _plain(augmented["image"]), (_plain(augmented["mask"]) > 0.5).float()
+        present = torch.tensor([scan.mask is not None for scan in scans])
+        clinical = self.clinical[patient.patient_id]
+        return {
+            "image": image.unsqueeze(1).contiguous(),
+            "mask": mask.unsqueeze(1).contiguous(),
+            "has_mask": present.all(),
+            "mask_present": present,
+            "days": torch.tensor([scan.days for scan in scans], dtype=torch.float32),
+            "clinical_categorical": torch.from_numpy(clinical.categorical),
+            "clinical_numeric": torch.from_numpy(clinical.numeric),
+            "clinical_numeric_missing": torch.from_numpy(clinical.numeric_missing),
+            "label": torch.tensor(patient.label, dtype=torch.long),
+            "spacing": torch.tensor(spacings[-1], dtype=torch.float32),
+            "patient_id": patient.patient_id,
+            "timepoints": [scan.timepoint for scan in scans],
+        }
+
+
+def collate_patients(items: Sequence[dict]) -> dict:
+    """Batch items of :class:`PatientDataset`: tensors stacked (``[B, ...]``), other values kept as lists."""
+    if not items:
+        raise ValueError("collate_patients: empty batch")
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"collate_patients: {key!r} has shapes {sorted(shapes)} in one batch "
+                                 f"(patients {[item['patient_id'] for item in items]}); use a fixed number of time points")
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+collate = collate_patients
+"""Alias of :func:`collate_patients`."""
+
+
+def _plain(value) -> torch.Tensor:
+    """A MONAI MetaTensor (or array) as a plain tensor, so batches carry no metadata."""
+    if hasattr(value, "as_tensor"):
+        return value.as_tensor()
+    return torch.as_tensor(np.asarray(value))
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,429 @@
+"""Read and write CT volumes and masks: NIfTI, DICOM series folders and ``.npy`` files.
+
+Every reader returns a :class:`Volume`: a float32 ``(D, H, W)`` array, slice axis first, with
+its voxel spacing ``(z, y, x)`` in mm. The array orientation is the DICOM display one (LPS):
+``W`` runs to the patient's left, ``H`` to posterior, ``D`` from inferior to superior. A
+DICOM series keeps its pixel arrays as stored, slices sorted along the slice normal; a NIfTI
+file is reoriented to LPS first, so a series and its NIfTI conversion give the same array.
+
+- ``.nii`` / ``.nii.gz``: nibabel; spacing from the header zooms after reorientation.
+- DICOM folder: pydicom; one series per folder (two series is an error naming both UIDs),
+  slices sorted by ``ImagePositionPatient`` along the normal of ``ImageOrientationPatient``,
+  ``RescaleSlope`` / ``RescaleIntercept`` applied (HU), slice spacing from the positions;
+  uneven spacing (a missing slice) is an error naming the folder and the gap.
+- ``.npy``: the array as stored; spacing from the ``spacing`` argument, else a sidecar
+  ``<name>.json`` holding ``{"spacing": [z, y, x]}``, else 1 mm.
+
+Masks (:func:`read_mask`) read the same way into ``uint8``; a mask stored slice axis last
+``(H, W, D)`` (the NLST release layout) is moved to ``(D, H, W)`` when the image shape is given.
+Writers write to a temporary name in the target folder and rename.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from mstnet.data.cohort import CohortError, Problem, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+LPS = ("L", "P", "S")
+"""Axis codes of the NIfTI array (x, y, z) after reorientation: x to the left, y posterior, z superior."""
+
+SLICE_GAP_TOLERANCE = 0.1
+"""Relative deviation of one slice gap from the median gap that counts as a missing slice."""
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image on a regular grid.
+
+    Attributes:
+        array: ``(D, H, W)`` array, slice axis first (float32 for images, uint8 for masks).
+        spacing: voxel spacing ``(z, y, x)`` in mm.
+        origin: LPS position (mm) of the centre of voxel ``[0, 0, 0]``, when the format has one.
+        direction: LPS unit vectors of the ``W``, ``H`` and ``D`` axes (a 3 x 3 tuple), when known.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] | None = None
+    direction: tuple[tuple[float, float, float], ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.array.shape)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """Shape ``(D, H, W)``, spacing ``(z, y, x)`` mm and origin of a volume, read from headers only."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] | None = None
+
+
+def image_format(path: str | Path) -> str:
+    """``"nifti"``, ``"dicom"`` (a folder) or ``"npy"``; raises :class:`CohortError` naming the file otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CohortError(Problem("does not exist", file=str(path)))
+    if path.is_dir():
+        return "dicom"
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(".npy"):
+        return "npy"
+    raise CohortError(Problem("unknown image format: expected a .nii/.nii.gz file, a .npy file or a DICOM series folder", file=str(path)))
+
+
+# ----------------------------------------------------------------------------------------------- NIfTI
+
+
+def _lps_image(path: Path) -> nib.Nifti1Image:
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises several unrelated types for damaged files
+        raise CohortError(Problem(f"cannot be read as NIfTI: {error}", file=str(path))) from error
+    current = nib.orientations.io_orientation(image.affine)
+    target = nib.orientations.axcodes2ornt(LPS)
+    transform = nib.orientations.ornt_transform(current, target)
+    return image.as_reoriented(transform)
+
+
+def _nifti_geometry(image: nib.Nifti1Image) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple]:
+    zooms = image.header.get_zooms()[:3]
+    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    origin = tuple(float(v) for v in ras_to_lps @ image.affine[:3, 3])
+    columns = ras_to_lps @ image.affine[:3, :3]
+    direction = tuple(tuple(float(v) for v in columns[:, i] / np.linalg.norm(columns[:, i])) for i in range(3))
+    return spacing, origin, direction
+
+
+def _read_nifti(path: Path, dtype: type) -> Volume:
+    image = _lps_image(path)
+    try:
+        data = np.asarray(image.dataobj)
+    except Exception as error:
+        raise CohortError(Problem(f"NIfTI data cannot be read: {error}", file=str(path))) from error
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise CohortError(Problem(f"expected a 3D volume, got shape {data.shape}", file=str(path)))
+    spacing, origin, direction = _nifti_geometry(image)
+    array = np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype, copy=False)
+    return Volume(array, spacing, origin, direction)
+
+
+def write_nifti(path: str | Path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                origin: Sequence[float] = (0.0, 0.0, 0.0)) -> Path:
+    """Write a ``(D, H, W)`` array (spacing ``(z, y, x)`` mm, LPS ``origin``) as NIfTI; :func:`read_volume` gives it back.
+
+    The data type is kept (float32 images, uint8 masks); ``.nii.gz`` names are gzip-compressed.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"write_nifti({path}): expected a (D, H, W) array, got shape {array.shape}")
+    dz, dy, dx = (float(s) for s in spacing)
+    ox, oy, oz = (float(o) for o in origin)
+    affine = np.array([[-dx, 0, 0, -ox], [0, -dy, 0, -oy], [0, 0, dz, oz], [0, 0, 0, 1]], dtype=float)
+    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine)
+    image.header.set_xyzt_units("mm")
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    _atomic(path, suffix, lambda tmp: nib.save(image, str(tmp)))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- DICOM
+
+
+def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
+    """Every DICOM image file directly in ``folder`` with its header (pixels not read); other files skipped."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue
+        if "ImagePositionPatient" in header and "PixelSpacing" in header:
+            found.append((path, header))
+    return found
+
+
+def _series(folder: Path) -> list[tuple[Path, pydicom.Dataset, float]]:
+    """The one series of ``folder``: (file, header, position along the slice normal), sorted by position.
+
+    Raises:
+        CohortError: no DICOM image, more than one series, or unevenly spaced slices.
+    """
+    files = _dicom_files(folder)
+    if not files:
+        raise CohortError(Problem("no DICOM image files (with ImagePositionPatient and PixelSpacing) in this folder", file=str(folder)))
+    by_series: dict[str, list] = defaultdict(list)
+    for path, header in files:
+        by_series[str(header.get("SeriesInstanceUID", ""))].append((path, header))
+    if len(by_series) > 1:
+        uids = ", ".join(f"{uid or '<empty>'} ({len(items)} files)" for uid, items in sorted(by_series.items()))
+        raise CohortError(Problem(f"holds {len(by_series)} DICOM series, expected one per folder: {uids}", file=str(folder)))
+    first = files[0][1]
+    orientation = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    slices = sorted(((path, header, float(np.dot(normal, np.asarray(header.ImagePositionPatient, dtype=float))))
+                     for path, header in files), key=lambda item: item[2])
+    positions = np.array([s[2] for s in slices])
+    if len(positions) > 1:
+        gaps = np.diff(positions)
+        median = float(np.median(gaps))
+        if median <= 0:
+            raise CohortError(Problem("several slices share one position along the slice normal", file=str(folder)))
+        bad = np.flatnonzero(np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median)
+        if len(bad):
+            details = "; ".join(f"{gaps[i]:.3g} mm between slices at {positions[i]:.2f} and {positions[i + 1]:.2f} mm"
+                                for i in bad[:5])
+            raise CohortError(Problem(f"uneven slice spacing (missing or duplicate slice): expected {median:.3g} mm, "
+                                      f"found {details}", file=str(folder)))
+    return slices
+
+
+def _dicom_geometry(slices: list[tuple[Path, pydicom.Dataset, float]]) -> VolumeInfo:
+    first = slices[0][1]
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    if len(slices) > 1:
+        slice_spacing = float(np.median(np.diff([s[2] for s in slices])))
+    else:
+        slice_spacing = float(first.get("SliceThickness", 1.0) or 1.0)
+    shape = (len(slices), int(first.Rows), int(first.Columns))
+    origin = tuple(float(v) for v in first.ImagePositionPatient)
+    return VolumeInfo(shape, (slice_spacing, row_spacing, column_spacing), origin)
+
+
+def _read_dicom(folder: Path, dtype: type) -> Volume:
+    slices = _series(folder)
+    info = _dicom_geometry(slices)
+    array = np.empty(info.shape, dtype=np.float32)
+    for index, (path, _, _) in enumerate(slices):
+        try:
+            dataset = pydicom.dcmread(str(path))
+            pixels = dataset.pixel_array.astype(np.float32)
+        except Exception as error:  # decoders raise many types (missing codec, truncated data)
+            raise CohortError(Problem(f"DICOM pixel data cannot be read: {error}", file=str(path))) from error
+        if pixels.shape != info.shape[1:]:
+            raise CohortError(Problem(f"slice of shape {pixels.shape}, the series has {info.shape[1:]}", file=str(path)))
+        slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+        array[index] = pixels * slope + intercept
+    orientation = np.asarray(slices[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    direction = (tuple(float(v) for v in orientation[:3]), tuple(float(v) for v in orientation[3:]),
+                 tuple(float(v) for v in normal))
+    return Volume(array.astype(dtype, copy=False), info.spacing, info.origin, direction)
+
+
+def write_dicom_series(folder: str | Path, array_hu: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                       origin: Sequence[float] = (0.0, 0.0, 0.0), z_positions: Sequence[float] | None = None,
+                       series_instance_uid: str | None = None, patient_id: str = "ANONYMOUS",
+                       rescale_intercept: float = -1024.0) -> Path:
+    """Write a ``(D, H, W)`` HU array as a CT Image Storage series, one file per slice.
+
+    Args:
+        folder: created if missing; files ``slice_0000.dcm`` ...
+        array_hu: ``(D, H, W)`` values in HU, rounded to integers on write.
+        spacing: ``(z, y, x)`` mm; z sets the slice positions unless ``z_positions`` is given.
+        origin: LPS position (mm) of voxel ``[0, 0, 0]``.
+        z_positions: the z (mm) of every slice, overriding ``origin[2] + i * spacing[0]``.
+        series_instance_uid: default: a fresh UID.
+        patient_id: written to ``PatientID``.
+        rescale_intercept: stored values are ``round(HU) - intercept`` as uint16 (slope 1).
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    array_hu = np.asarray(array_hu)
+    if array_hu.ndim != 3:
+        raise ValueError(f"write_dicom_series({folder}): expected a (D, H, W) array, got shape {array_hu.shape}")
+    depth, rows, columns = array_hu.shape
+    dz, dy, dx = (float(s) for s in spacing)
+    if z_positions is None:
+        z_positions = [float(origin[2]) + i * dz for i in range(depth)]
+    if len(z_positions) != depth:
+        raise ValueError(f"write_dicom_series({folder}): {len(z_positions)} z positions for {depth} slices")
+    stored = np.clip(np.rint(array_hu - rescale_intercept), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    series_instance_uid = series_instance_uid or generate_uid()
+    study_instance_uid = generate_uid()
+    frame_of_reference_uid = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(depth):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset = pydicom.Dataset()
+        dataset.file_meta = meta
+        dataset.SOPClassUID = CTImageStorage
+        dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        dataset.Modality = "CT"
+        dataset.PatientID = patient_id
+        dataset.PatientName = patient_id
+        dataset.StudyInstanceUID = study_instance_uid
+        dataset.SeriesInstanceUID = series_instance_uid
+        dataset.FrameOfReferenceUID = frame_of_reference_uid
+        dataset.SeriesNumber = 1
+        dataset.InstanceNumber = index + 1
+        dataset.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(z_positions[index])]
+        dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        dataset.PixelSpacing = [dy, dx]
+        dataset.SliceThickness = dz
+        dataset.SliceLocation = float(z_positions[index])
+        dataset.Rows, dataset.Columns = rows, columns
+        dataset.SamplesPerPixel = 1
+        dataset.PhotometricInterpretation = "MONOCHROME2"
+        dataset.BitsAllocated = 16
+        dataset.BitsStored = 16
+        dataset.HighBit = 15
+        dataset.PixelRepresentation = 0
+        dataset.RescaleSlope = 1
+        dataset.RescaleIntercept = rescale_intercept
+        dataset.RescaleType = "HU"
+        dataset.PixelData = np.ascontiguousarray(stored[index]).tobytes()
+        _atomic(folder / f"slice_{index:04d}.dcm", ".dcm",
+                lambda tmp, ds=dataset: ds.save_as(str(tmp), enforce_file_format=True))
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------- npy
+
+
+def npy_sidecar(path: str | Path) -> Path:
+    """The JSON sidecar of a ``.npy`` file: ``<name>.json`` next to it, holding ``{"spacing": [z, y, x]}``."""
+    path = Path(path)
+    return path.with_name(path.name[: -len(".npy")] + ".json")
+
+
+def _npy_spacing(path: Path, spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    if spacing is not None:
+        return tuple(float(s) for s in spacing)
+    sidecar = npy_sidecar(path)
+    if sidecar.exists():
+        try:
+            values = json.loads(sidecar.read_text())["spacing"]
+            if len(values) != 3:
+                raise ValueError(f"spacing has {len(values)} values, expected 3")
+            return tuple(float(v) for v in values)
+        except (ValueError, KeyError, TypeError) as error:
+            raise CohortError(Problem(f"bad sidecar, expected {{\"spacing\": [z, y, x]}}: {error}", file=str(sidecar))) from error
+    return (1.0, 1.0, 1.0)
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        array = np.load(str(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as error:  # damaged headers raise ValueError, truncated files OSError / EOFError
+        raise CohortError(Problem(f"cannot be read as .npy: {error}", file=str(path))) from error
+    if array.ndim != 3:
+        raise CohortError(Problem(f"expected a 3D volume, got shape {array.shape}", file=str(path)))
+    return array
+
+
+def write_npy(path: str | Path, array: np.ndarray, spacing: Sequence[float] | None = None) -> Path:
+    """Write ``array`` as ``.npy`` (and its spacing ``(z, y, x)`` to the JSON sidecar when given)."""
+    path = Path(path)
+    _atomic(path, ".npy", lambda tmp: np.save(str(tmp), np.asarray(array), allow_pickle=False))
+    if spacing is not None:
+        write_text_atomic(npy_sidecar(path), json.dumps({"spacing": [float(s) for s in spacing]}) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+def read_volume(path: str | Path, spacing: Sequence[float] | None = None) -> Volume:
+    """Read a CT volume (NIfTI file, DICOM series folder or ``.npy``) as float32 ``(D, H, W)``.
+
+    Args:
+        path: the image.
+        spacing: ``(z, y, x)`` mm for ``.npy`` files (overrides the sidecar); ignored otherwise.
+
+    Raises:
+        CohortError: the file is missing, of unknown format or unreadable (the message names it),
+            or a DICOM folder holds several series or has a missing slice.
+    """
+    path = Path(path)
+    kind = image_format(path)
+    if kind == "nifti":
+        return _read_nifti(path, np.float32)
+    if kind == "dicom":
+        return _read_dicom(path, np.float32)
+    return Volume(_load_npy(path).astype(np.float32, copy=False), _npy_spacing(path, spacing))
+
+
+def read_mask(path: str | Path, image_shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> Volume:
+    """Read a mask like :func:`read_volume`, as uint8 0/1 ``(D, H, W)``.
+
+    Args:
+        path: the mask.
+        image_shape: ``(D, H, W)`` of its image. A mask stored slice axis last, ``(H, W, D)``
+            (the NLST release layout), is then moved to ``(D, H, W)``; the file is untouched.
+        spacing: as in :func:`read_volume`.
+    """
+    path = Path(path)
+    kind = image_format(path)
+    if kind == "nifti":
+        volume = _read_nifti(path, np.float32)
+    elif kind == "dicom":
+        volume = _read_dicom(path, np.float32)
+    else:
+        volume = Volume(_load_npy(path), _npy_spacing(path, spacing))
+    array = volume.array
+    if image_shape is not None:
+        image_shape = tuple(int(n) for n in image_shape)
+        if array.shape != image_shape and array.shape == image_shape[1:] + image_shape[:1]:
+            array = np.moveaxis(array, -1, 0)
+    return Volume(np.ascontiguousarray(array != 0, dtype=np.uint8), volume.spacing, volume.origin, volume.direction)
+
+
+def read_volume_info(path: str | Path, spacing: Sequence[float] | None = None) -> VolumeInfo:
+    """Shape and spacing of a volume from its header only (NIfTI header, DICOM headers, .npy header)."""
+    path = Path(path)
+    kind = image_format(path)
+    if kind == "nifti":
+        image = _lps_image(path)
+        x, y, z = image.shape[:3]
+        spacing_zyx, origin, _ = _nifti_geometry(image)
+        return VolumeInfo((int(z), int(y), int(x)), spacing_zyx, origin)
+    if kind == "dicom":
+        return _dicom_geometry(_series(path))
+    array = _load_npy(path, mmap=True)
+    return VolumeInfo(tuple(int(n) for n in array.shape), _npy_spacing(path, spacing))
+
+
+def _atomic(path: Path, suffix: str, write) -> None:
+    """Call ``write(temporary_path)`` in ``path``'s folder, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,251 @@
+"""Preprocessing and augmentation as MONAI dictionary transforms over the keys ``"image"`` and ``"mask"``.
+
+Deterministic part (:func:`preprocessing_transform`, cached by the dataset), on one scan
+``{"image": [1, D, H, W], "mask": [1, D, H, W], "spacing": (z, y, x) mm, "nodule": NoduleLocation | None}``:
+
+1. :class:`ResampleToSpacingd` (only when ``target_spacing`` is set): MONAI ``Spacing``,
+   image trilinear, mask nearest; the nodule location is rescaled with the grid.
+2. HU clipping to ``hu_window`` (MONAI ``ScaleIntensityRanged`` with ``clip=True``).
+3. Normalisation: ``"zscore"`` (MONAI ``NormalizeIntensityd`` over the whole volume, as the
+   paper z-scores each 16 x 512 x 512 volume) or ``"window"`` (the HU window mapped to [0, 1]).
+4. :class:`NoduleCropd`: a ``crop_size`` box centred on the nodule (its location, else the
+   mask centroid, else the volume centre), padded where it leaves the volume (image with the
+   volume's minimum, i.e. air; mask with 0). ``crop_mode="slab"`` is the seed's input: the
+   depth window centred on the nodule's z1..z2 slab, in plane centred on the volume.
+
+Random part (:func:`augmentation_transform`), on all time points of a patient stacked as
+channels ``{"image": [T, D, H, W], "mask": [T, D, H, W]}``: MONAI ``RandFlipd`` (each axis),
+``RandRotate90d`` (in plane, only for square crops) and ``RandGaussianNoised``. Because the
+time points are channels of one array, every scan of a patient gets the same flips and
+rotation (one random draw); the noise is applied to all scans or none, with an independent
+noise field per scan, as independent acquisitions have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    NormalizeIntensityd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    ScaleIntensityRanged,
+    Spacing,
+)
+
+from mstnet.data.cohort import NoduleLocation
+
+NORMALISATIONS = ("zscore", "window")
+CROP_MODES = ("nodule", "slab")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The deterministic preprocessing of every scan.
+
+    Args:
+        crop_size: ``(D, H, W)`` of the crop fed to the models. Default ``(16, 64, 64)``.
+        target_spacing: ``(z, y, x)`` mm to resample to, or ``None`` (default) to keep the scan's grid.
+        hu_window: ``(low, high)`` HU to clip to, or ``None``. Default ``(-1000, 400)``: air to
+            dense soft tissue, cutting bone and outside-field values (-2048, -3024).
+        normalisation: ``"zscore"`` (default, per volume, as the paper) or ``"window"``
+            (``hu_window`` mapped to [0, 1]; needs a window).
+        crop_mode: ``"nodule"`` (default, centred on the nodule) or ``"slab"`` (the seed's
+            z1..z2 slab, in plane centred on the volume).
+    """
+
+    crop_size: tuple[int, int, int] = (16, 64, 64)
+    target_spacing: tuple[float, float, float] | None = None
+    hu_window: tuple[float, float] | None = (-1000.0, 400.0)
+    normalisation: Literal["zscore", "window"] = "zscore"
+    crop_mode: Literal["nodule", "slab"] = "nodule"
+
+    def __post_init__(self) -> None:
+        if len(self.crop_size) != 3 or any(int(n) < 1 for n in self.crop_size):
+            raise ValueError(f"crop_size must be three positive sizes (D, H, W), got {self.crop_size}")
+        if self.target_spacing is not None and (len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing)):
+            raise ValueError(f"target_spacing must be three positive spacings (z, y, x) mm or None, got {self.target_spacing}")
+        if self.hu_window is not None and (len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]):
+            raise ValueError(f"hu_window must be (low, high) with low < high, or None, got {self.hu_window}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        if self.normalisation == "window" and self.hu_window is None:
+            raise ValueError("normalisation='window' needs an hu_window")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        object.__setattr__(self, "crop_size", tuple(int(n) for n in self.crop_size))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; each probability is per patient (all its time points move together).
+
+    Args:
+        flip_prob: probability of a flip along each of the three axes. Default 0.5.
+        rotate90_prob: probability of an in-plane rotation by 90, 180 or 270 degrees (square crops only). Default 0.5.
+        noise_prob: probability of additive Gaussian noise. Default 0.2.
+        noise_std: its standard deviation in normalised intensity units. Default 0.05.
+    """
+
+    flip_prob: float = 0.5
+    rotate90_prob: float = 0.5
+    noise_prob: float = 0.2
+    noise_std: float = 0.05
+
+
+class ResampleToSpacingd(MapTransform):
+    """Resample ``keys`` from ``data["spacing"]`` to ``target_spacing`` with MONAI ``Spacing``.
+
+    Image modes are trilinear, mask modes nearest (``modes``, one per key). Updates
+    ``data["spacing"]`` and scales ``data["nodule"]`` (x' = x * s / t per axis).
+    """
+
+    def __init__(self, keys: KeysCollection, target_spacing: Sequence[float], modes: Sequence[str] = ("bilinear", "nearest"),
+                 allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.resamplers = [Spacing(pixdim=self.target_spacing, mode=mode) for mode in modes]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        spacing = tuple(float(s) for s in out["spacing"])
+        if np.allclose(spacing, self.target_spacing):
+            return out
+        affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+        for key, resample in zip(self.key_iterator(out), self.resamplers):
+            source = MetaTensor(torch.as_tensor(np.asarray(out[key], dtype=np.float32)), affine=affine)
+            out[key] = resample(source).as_tensor().numpy()
+        nodule = out.get("nodule")
+        if nodule is not None:
+            scale = [s / t for s, t in zip(spacing, self.target_spacing)]
+            out["nodule"] = NoduleLocation(nodule.x * scale[2], nodule.y * scale[1],
+                                           int(round(nodule.z1 * scale[0])), int(round(nodule.z2 * scale[0])))
+        out["spacing"] = self.target_spacing
+        return out
+
+
+def crop_centre(shape: Sequence[int], nodule: NoduleLocation | None, mask: np.ndarray | None, mode: str = "nodule") -> tuple[float, float, float]:
+    """Centre ``(z, y, x)`` in voxels of the crop: see :class:`NoduleCropd`."""
+    depth, height, width = shape
+    if mode == "slab":
+        z = (nodule.z1 + nodule.z2) / 2 if nodule is not None else (depth - 1) / 2
+        return (z, (height - 1) / 2, (width - 1) / 2)
+    if nodule is not None:
+        return ((nodule.z1 + nodule.z2) / 2, float(nodule.y), float(nodule.x))
+    if mask is not None and mask.any():
+        return tuple(float(c) for c in np.argwhere(mask).mean(axis=0))
+    return ((depth - 1) / 2, (height - 1) / 2, (width - 1) / 2)
+
+
+def crop_or_pad(array: np.ndarray, centre: Sequence[float], size: Sequence[int], pad_value: float) -> np.ndarray:
+    """The ``size`` box of ``array`` (``[C, D, H, W]``) centred on ``centre``, padded with ``pad_value`` outside.
+
+    The box starts at ``round(centre - (size - 1) / 2)`` on each axis, so a centre on a voxel
+    puts that voxel at index ``(size - 1) // 2`` (the lower middle for even sizes).
+    """
+    starts = [int(np.floor(c - (n - 1) / 2 + 0.5)) for c, n in zip(centre, size)]
+    out = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
+    source, target = [slice(None)], [slice(None)]
+    for start, n, extent in zip(starts, size, array.shape[1:]):
+        lo, hi = max(start, 0), min(start + n, extent)
+        if hi <= lo:
+            return out
+        source.append(slice(lo, hi))
+        target.append(slice(lo - start, hi - start))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
+class NoduleCropd(MapTransform):
+    """Crop ``keys`` to ``crop_size`` around the nodule, padding where the box leaves the volume.
+
+    Centre (``mode="nodule"``): ``data["nodule"]`` (z = middle of z1..z2), else the centroid of
+    ``data["mask"]``, else the volume centre. ``mode="slab"``: depth centred on z1..z2, in
+    plane on the volume centre. The image is padded with its minimum (air after clipping), the
+    mask with 0. Stores the crop centre in ``data["crop_centre"]``.
+    """
+
+    def __init__(self, keys: KeysCollection, crop_size: Sequence[int], mode: str = "nodule", allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.crop_size = tuple(int(n) for n in crop_size)
+        self.mode = mode
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        image = np.asarray(out["image"])
+        mask = np.asarray(out["mask"])[0] > 0.5 if out.get("mask") is not None else None
+        centre = crop_centre(image.shape[1:], out.get("nodule"), mask, self.mode)
+        for key in self.key_iterator(out):
+            array = np.asarray(out[key])
+            pad_value = float(array.min()) if key == "image" and array.size else 0.0
+            out[key] = crop_or_pad(array, centre, self.crop_size, pad_value)
+        out["crop_centre"] = centre
+        return out
+
+
+def preprocessing_transform(config: PreprocessConfig) -> Compose:
+    """The deterministic pipeline of ``config`` (see the module docstring) as a MONAI ``Compose``."""
+    steps: list = []
+    if config.target_spacing is not None:
+        steps.append(ResampleToSpacingd(("image", "mask"), config.target_spacing))
+    if config.hu_window is not None:
+        low, high = config.hu_window
+        if config.normalisation == "window":
+            steps.append(ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        else:
+            steps.append(ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=low, b_max=high, clip=True))
+    if config.normalisation == "zscore":
+        steps.append(NormalizeIntensityd("image"))
+    steps.append(NoduleCropd(("image", "mask"), config.crop_size, config.crop_mode))
+    return Compose(steps, map_items=False)
+
+
+def augmentation_transform(config: AugmentConfig, crop_size: Sequence[int], seed: int = 0) -> Compose:
+    """Random transforms applied identically to all time points (stacked as channels); seeded."""
+    keys = ("image", "mask")
+    steps: list = [RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis) for axis in range(3)]
+    if crop_size[1] == crop_size[2]:
+        steps.append(RandRotate90d(keys, prob=config.rotate90_prob, max_k=3, spatial_axes=(1, 2)))
+    steps.append(RandGaussianNoised("image", prob=config.noise_prob, mean=0.0, std=config.noise_std))
+    compose = Compose(steps, map_items=False)
+    compose.set_random_state(seed=seed)
+    return compose
+
+
+def preprocess_scan(transform: Compose, image: np.ndarray, mask: np.ndarray | None, spacing: Sequence[float],
+                    nodule: NoduleLocation | None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Run the deterministic ``transform`` on one scan.
+
+    Args:
+        image: ``(D, H, W)`` HU.
+        mask: ``(D, H, W)`` 0/1 or ``None`` (then an all-zero mask is used, the crop centre
+            falling back to the nodule location or the volume centre).
+
+    Returns:
+        (image ``(d, h, w)`` float32, mask ``(d, h, w)`` uint8, spacing ``(z, y, x)`` mm after resampling).
+    """
+    data = {"image": np.asarray(image, dtype=np.float32)[None],
+            "mask": (np.zeros(image.shape, np.float32) if mask is None else np.asarray(mask, dtype=np.float32))[None],
+            "spacing": tuple(float(s) for s in spacing), "nodule": nodule}
+    out = transform(data)
+    image_out = np.asarray(_as_numpy(out["image"])[0], dtype=np.float32)
+    mask_out = (np.asarray(_as_numpy(out["mask"])[0]) > 0.5).astype(np.uint8)
+    return image_out, mask_out, tuple(float(s) for s in out["spacing"])
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
