@@ -1,0 +1,113 @@
+"""Per-patient classification metrics: benign (0) versus malignant (1) from probabilities.
+
+Thin, validated wrappers around scikit-learn (``shared/design/protocol.md``, "Metrics,
+exactly"): accuracy, precision, recall (sensitivity), specificity, F1, ROC AUC and the Brier
+score. A patient is predicted malignant when its probability is >= ``threshold``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+log = logging.getLogger(__name__)
+
+AVERAGES: tuple[str, ...] = ("binary", "weighted")
+
+
+def validate_binary_predictions(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int64 0/1 and probabilities as float64 in [0, 1], both 1-D of the same length.
+
+    Raises ``ValueError`` naming the argument and the problem (empty, shape mismatch, labels
+    other than 0/1, NaN or out-of-range probabilities).
+    """
+    labels = np.asarray(y_true.detach().cpu().numpy() if hasattr(y_true, "detach") else y_true)
+    probabilities = np.asarray(y_prob.detach().cpu().numpy() if hasattr(y_prob, "detach") else y_prob, dtype=np.float64)
+    if labels.ndim != 1 or probabilities.ndim != 1:
+        raise ValueError(f"y_true and y_prob must be 1-D (one value per patient), got shapes {labels.shape} and {probabilities.shape}")
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"y_true and y_prob must have the same length, got {labels.size} and {probabilities.size}")
+    if labels.size == 0:
+        raise ValueError("y_true and y_prob are empty: no patients to score")
+    unexpected = set(np.unique(labels).tolist()) - {0, 1, True, False}
+    if unexpected:
+        raise ValueError(f"y_true: labels must be 0 (benign) or 1 (malignant), found {sorted(unexpected, key=str)[:5]}")
+    if not np.all(np.isfinite(probabilities)) or probabilities.min() < 0.0 or probabilities.max() > 1.0:
+        raise ValueError("y_prob: probabilities must be finite numbers in [0, 1]")
+    return labels.astype(np.int64), probabilities
+
+
+def roc_auc(y_true: Any, y_prob: Any) -> float:
+    """ROC AUC of malignancy probabilities; NaN (with a logged warning) when only one class is present."""
+    labels, probabilities = validate_binary_predictions(y_true, y_prob)
+    if np.unique(labels).size < 2:
+        log.warning("ROC AUC is undefined with a single class present (%d patients, all label %d); returning NaN",
+                    labels.size, int(labels[0]))
+        return float("nan")
+    return float(roc_auc_score(labels, probabilities))
+
+
+def classification_metrics(
+    y_true: Any, y_prob: Any, threshold: float = 0.5, average: str = "binary"
+) -> dict[str, float]:
+    """Accuracy, precision, recall, specificity, F1, ROC AUC and Brier score for one set of patients.
+
+    Args:
+        y_true: (N,) labels, 0 benign / 1 malignant (numpy, list or torch tensor).
+        y_prob: (N,) predicted malignancy probabilities in [0, 1].
+        threshold: a patient is predicted malignant when its probability is >= threshold.
+            Defaults to 0.5.
+        average: ``"binary"`` (default): precision, recall, F1 of the malignant class and
+            specificity = recall of the benign class. ``"weighted"`` (what the release used):
+            scikit-learn's support-weighted average over both classes for precision, recall
+            and F1; specificity is the same weighting of each class's specificity (the recall
+            of the *other* class), i.e. ``(n0 * recall_1 + n1 * recall_0) / N``.
+
+    Returns:
+        ``{"accuracy", "precision", "recall", "specificity", "f1", "auc", "brier"}``. Undefined
+        ratios (no predicted or no actual positives) are 0 (``zero_division=0``); ``auc`` is NaN
+        with a logged warning when only one class is present. ``auc`` and ``brier`` do not
+        depend on ``threshold`` or ``average``.
+
+    Example:
+        >>> classification_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])["accuracy"]
+        0.5
+    """
+    if average not in AVERAGES:
+        raise ValueError(f"average: expected one of {AVERAGES}, got {average!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold}")
+    labels, probabilities = validate_binary_predictions(y_true, y_prob)
+    predicted = (probabilities >= threshold).astype(np.int64)
+    options = {"labels": [0, 1], "zero_division": 0}
+    recall_per_class = recall_score(labels, predicted, average=None, **options)
+    if average == "binary":
+        precision = precision_score(labels, predicted, average="binary", pos_label=1, zero_division=0)
+        recall = recall_per_class[1]
+        f1 = f1_score(labels, predicted, average="binary", pos_label=1, zero_division=0)
+        specificity = recall_per_class[0]
+    else:
+        precision = precision_score(labels, predicted, average="weighted", **options)
+        recall = recall_score(labels, predicted, average="weighted", **options)
+        f1 = f1_score(labels, predicted, average="weighted", **options)
+        support = np.bincount(labels, minlength=2)
+        specificity = (support[0] * recall_per_class[1] + support[1] * recall_per_class[0]) / labels.size
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "specificity": float(specificity),
+        "f1": float(f1),
+        "auc": roc_auc(labels, probabilities),
+        "brier": float(brier_score_loss(labels, probabilities, pos_label=1)),
+    }

@@ -1,0 +1,274 @@
+"""Aggregation and statistics for the results table (``shared/design/protocol.md``).
+
+- :func:`mean_std`: mean +/- std over folds.
+- :func:`bootstrap_ci`: percentile bootstrap over patients of a metric of pooled out-of-fold
+  predictions (>= 1000 resamples, fixed seed).
+- :func:`bootstrap_mean_ci`: the same for the mean of per-scan values (e.g. Dice), resampling
+  patients, not scans.
+- :func:`delong_test` / :func:`delong_auc_variance`: DeLong et al. (1988) paired test of two
+  correlated ROC AUCs, with the O(N log N) midrank algorithm of Sun & Xu (2014),
+  "Fast implementation of DeLong's algorithm for comparing the areas under correlated
+  receiver operating characteristic curves", IEEE Signal Processing Letters 21(11).
+- :func:`wilcoxon_signed_rank`: paired Wilcoxon signed-rank test (scipy) of per-scan values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from mstnet.metrics.classification import validate_binary_predictions
+
+log = logging.getLogger(__name__)
+
+
+def _as_float_vector(values: Any, name: str) -> np.ndarray:
+    array = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence of numbers, got shape {array.shape}")
+    return array
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) over folds.
+
+    NaN entries (e.g. a fold whose AUC is undefined) are left out with a logged warning. One
+    finite value gives std 0.0; none gives (nan, nan).
+    """
+    array = _as_float_vector(values, "values")
+    finite = array[~np.isnan(array)]
+    if finite.size < array.size:
+        log.warning("mean_std: leaving out %d NaN value(s) of %d", array.size - finite.size, array.size)
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    std = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
+    return float(np.mean(finite)), std
+
+
+def _check_resampling(n_resamples: int, confidence: float) -> None:
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence: expected a level strictly between 0 and 1, got {confidence}")
+
+
+def _group_index(groups: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, its group number (0..G-1, numbered by first appearance), and each group's first row."""
+    if groups is None:
+        return np.arange(n), np.arange(n)
+    keys = np.asarray(groups)
+    if keys.shape != (n,):
+        raise ValueError(f"groups: expected one patient id per value ({n}), got shape {keys.shape}")
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    # renumber groups by first appearance so results do not depend on how ids sort
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse], np.sort(first)
+
+
+def _resampled_groups(
+    rng: np.random.Generator, n_resamples: int, group_strata: np.ndarray | None, n_groups: int
+) -> np.ndarray:
+    """(n_resamples, G) group indices drawn with replacement, within each stratum if given."""
+    if group_strata is None:
+        return rng.integers(0, n_groups, size=(n_resamples, n_groups))
+    columns = []
+    for stratum in np.unique(group_strata):
+        members = np.flatnonzero(group_strata == stratum)
+        columns.append(members[rng.integers(0, members.size, size=(n_resamples, members.size))])
+    return np.concatenate(columns, axis=1)
+
+
+def _percentile_interval(estimates: np.ndarray, confidence: float, what: str) -> tuple[float, float]:
+    finite = estimates[np.isfinite(estimates)]
+    if finite.size < estimates.size:
+        log.warning("%s: %d of %d bootstrap resamples gave an undefined value and were left out",
+                    what, estimates.size - finite.size, estimates.size)
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    y_true: Any,
+    y_prob: Any,
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    groups: Any = None,
+    stratify: bool = False,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``metric_fn(y_true, y_prob)`` over patients.
+
+    Args:
+        y_true: (N,) labels 0/1 of the pooled out-of-fold predictions.
+        y_prob: (N,) malignancy probabilities.
+        metric_fn: ``f(labels, probabilities) -> float``, e.g. ``sklearn.metrics.roc_auc_score``
+            or ``lambda y, p: classification_metrics(y, p)["f1"]``. A resample on which it
+            returns NaN is left out (logged).
+        n_resamples: number of bootstrap resamples. Defaults to 1000.
+        seed: seed of the numpy generator; the same seed gives the same interval. Defaults to 0.
+        confidence: two-sided level. Defaults to 0.95.
+        groups: (N,) patient ids; all rows of a patient are drawn together. Defaults to None
+            (each row is its own patient).
+        stratify: resample benign and malignant patients separately, keeping the class counts
+            fixed (every resample then holds both classes, so AUC is always defined). A
+            patient's rows must then share one label. Defaults to False.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when every resample was undefined.
+    """
+    _check_resampling(n_resamples, confidence)
+    labels, probabilities = validate_binary_predictions(y_true, y_prob)
+    group_of_row, first_rows = _group_index(groups, labels.size)
+    n_groups = first_rows.size
+    group_strata = None
+    if stratify:
+        group_strata = labels[first_rows]
+        if np.any(labels != group_strata[group_of_row]):
+            raise ValueError("bootstrap_ci(stratify=True): a patient (group) has rows with different labels")
+    rows_of_group = [np.flatnonzero(group_of_row == g) for g in range(n_groups)] if groups is not None else None
+    rng = np.random.default_rng(seed)
+    draws = _resampled_groups(rng, int(n_resamples), group_strata, n_groups)
+    estimates = np.empty(draws.shape[0])
+    for i, drawn in enumerate(draws):
+        rows = drawn if rows_of_group is None else np.concatenate([rows_of_group[g] for g in drawn])
+        estimates[i] = metric_fn(labels[rows], probabilities[rows])
+    return _percentile_interval(estimates, confidence, "bootstrap_ci")
+
+
+def bootstrap_mean_ci(
+    values: Any,
+    groups: Any = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of per-scan values, resampling patients.
+
+    Args:
+        values: (N,) per-scan values (e.g. Dice of every scan of every test patient); must be
+            finite.
+        groups: (N,) patient id of each scan; a drawn patient brings all its scans. Defaults
+            to None (each value is its own patient).
+        n_resamples: number of bootstrap resamples. Defaults to 1000.
+        seed: seed of the numpy generator. Defaults to 0.
+        confidence: two-sided level. Defaults to 0.95.
+
+    Returns:
+        ``(low, high)`` of the mean over scans of the resampled patients.
+    """
+    _check_resampling(n_resamples, confidence)
+    array = _as_float_vector(values, "values")
+    if array.size == 0:
+        raise ValueError("values is empty: nothing to bootstrap")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("values: every per-scan value must be finite (found NaN or inf)")
+    group_of_row, first_rows = _group_index(groups, array.size)
+    n_groups = first_rows.size
+    sums = np.bincount(group_of_row, weights=array, minlength=n_groups)
+    counts = np.bincount(group_of_row, minlength=n_groups).astype(np.float64)
+    draws = _resampled_groups(np.random.default_rng(seed), int(n_resamples), None, n_groups)
+    estimates = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return _percentile_interval(estimates, confidence, "bootstrap_mean_ci")
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis with ties given their average rank."""
+    return stats.rankdata(values, method="average", axis=-1)
+
+
+def _delong_components(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs (K,) and their DeLong covariance (K, K) for (K, N) scores; Sun & Xu (2014).
+
+    With m positives X and n negatives Y, and midranks T_x (within X), T_y (within Y), T_z
+    (within X and Y together): AUC = (sum T_z[X] - m(m+1)/2) / (m n); the structural
+    components are V10 = (T_z[X] - T_x) / n and V01 = 1 - (T_z[Y] - T_y) / m; the covariance is
+    S10 / m + S01 / n with S10, S01 the sample covariances (ddof=1) of V10 and V01.
+    """
+    positives, negatives = scores[:, labels == 1], scores[:, labels == 0]
+    m, n = positives.shape[1], negatives.shape[1]
+    rank_positives, rank_negatives = _midranks(positives), _midranks(negatives)
+    rank_all = _midranks(np.concatenate([positives, negatives], axis=1))
+    aucs = (rank_all[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    v10 = (rank_all[:, :m] - rank_positives) / n
+    v01 = 1.0 - (rank_all[:, m:] - rank_negatives) / m
+    s10 = np.atleast_2d(np.cov(v10, ddof=1)) if m > 1 else np.zeros((scores.shape[0],) * 2)
+    s01 = np.atleast_2d(np.cov(v01, ddof=1)) if n > 1 else np.zeros((scores.shape[0],) * 2)
+    return aucs, s10 / m + s01 / n
+
+
+def delong_auc_variance(y_true: Any, y_prob: Any) -> tuple[float, float]:
+    """ROC AUC and its DeLong variance for one predictor: ``(auc, variance)``.
+
+    ``y_true`` (N,) labels 0/1 with both classes present, ``y_prob`` (N,) scores. Raises
+    ``ValueError`` when only one class is present (the AUC is then undefined).
+    """
+    labels, probabilities = validate_binary_predictions(y_true, y_prob)
+    if np.unique(labels).size < 2:
+        raise ValueError("delong_auc_variance: y_true holds a single class; the AUC is undefined")
+    aucs, covariance = _delong_components(labels, probabilities[None, :])
+    return float(aucs[0]), float(covariance[0, 0])
+
+
+def delong_test(y_true: Any, prob_a: Any, prob_b: Any) -> dict[str, float]:
+    """DeLong paired test of H0: AUC_a == AUC_b for two predictors scored on the same patients.
+
+    Args:
+        y_true: (N,) labels 0/1.
+        prob_a: (N,) scores of predictor A (e.g. MST-Net).
+        prob_b: (N,) scores of predictor B (e.g. a baseline).
+
+    Returns:
+        ``{"auc_a", "auc_b", "z", "p_value"}``: z = (AUC_a - AUC_b) / sqrt(Var(AUC_a - AUC_b)),
+        two-sided p from the standard normal. When the variance of the difference is 0 (e.g.
+        identical predictors), z = 0 and p = 1 if the AUCs are equal. With a single class
+        present every value is NaN (logged warning).
+    """
+    labels, scores_a = validate_binary_predictions(y_true, prob_a)
+    _, scores_b = validate_binary_predictions(labels, prob_b)
+    nan = float("nan")
+    if np.unique(labels).size < 2:
+        log.warning("delong_test: y_true holds a single class; the AUCs and the test are undefined")
+        return {"auc_a": nan, "auc_b": nan, "z": nan, "p_value": nan}
+    aucs, covariance = _delong_components(labels, np.stack([scores_a, scores_b]))
+    difference = float(aucs[0] - aucs[1])
+    variance = float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1])
+    if variance <= 1e-15:
+        z = 0.0 if math.isclose(difference, 0.0, abs_tol=1e-12) else math.copysign(math.inf, difference)
+    else:
+        z = difference / math.sqrt(variance)
+    p_value = float(min(1.0, 2.0 * stats.norm.sf(abs(z))))
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "z": float(z), "p_value": p_value}
+
+
+def wilcoxon_signed_rank(values_a: Any, values_b: Any) -> float:
+    """Two-sided p-value of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon``).
+
+    ``values_a`` and ``values_b`` are (N,) paired per-scan values (e.g. Dice of MST-Net and of
+    a baseline on the same scans). Pairs with a NaN on either side are left out (logged).
+    Returns NaN when fewer than 2 pairs remain, and 1.0 when every difference is zero (scipy
+    would fail there). Zero differences are otherwise dropped (scipy's ``zero_method="wilcox"``).
+    """
+    a, b = _as_float_vector(values_a, "values_a"), _as_float_vector(values_b, "values_b")
+    if a.shape != b.shape:
+        raise ValueError(f"values_a and values_b must be paired (same length), got {a.size} and {b.size}")
+    valid = ~(np.isnan(a) | np.isnan(b))
+    if not valid.all():
+        log.warning("wilcoxon_signed_rank: leaving out %d pair(s) with NaN of %d", int((~valid).sum()), a.size)
+    differences = a[valid] - b[valid]
+    if differences.size < 2:
+        log.warning("wilcoxon_signed_rank: %d valid pair(s); at least 2 are needed, returning NaN", differences.size)
+        return float("nan")
+    if not np.any(differences):
+        return 1.0
+    return float(stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
