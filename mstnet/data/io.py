@@ -1,10 +1,12 @@
 """Read and write CT volumes and masks: NIfTI, DICOM series folders and ``.npy`` files.
 
 Every reader returns a :class:`Volume`: a float32 ``(D, H, W)`` array, slice axis first, with
-its voxel spacing ``(z, y, x)`` in mm. The array orientation is the DICOM display one (LPS):
-``W`` runs to the patient's left, ``H`` to posterior, ``D`` from inferior to superior. A
-DICOM series keeps its pixel arrays as stored, slices sorted along the slice normal; a NIfTI
-file is reoriented to LPS first, so a series and its NIfTI conversion give the same array.
+its voxel spacing ``(z, y, x)`` in mm. Images with a geometry (NIfTI, DICOM) are reoriented to
+RAS+ (nibabel's canonical orientation, MONAI's default): ``W`` runs to the patient's right,
+``H`` to anterior, ``D`` from inferior to superior, so a DICOM series and its NIfTI
+conversion give the same array. A NIfTI file written with a positive diagonal affine (the
+usual ``np.diag(spacing)``) is already canonical and reads back exactly as written: voxel
+coordinates (nodule locations in a manifest) refer to the array this module returns.
 
 - ``.nii`` / ``.nii.gz``: nibabel; spacing from the header zooms after reorientation.
 - DICOM folder: pydicom; one series per folder (two series is an error naming both UIDs),
@@ -40,8 +42,8 @@ from mstnet.data.cohort import CohortError, Problem, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-LPS = ("L", "P", "S")
-"""Axis codes of the NIfTI array (x, y, z) after reorientation: x to the left, y posterior, z superior."""
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+"""Flips world x and y: RAS (NIfTI) <-> LPS (DICOM patient coordinates)."""
 
 SLICE_GAP_TOLERANCE = 0.1
 """Relative deviation of one slice gap from the median gap that counts as a missing slice."""
@@ -97,29 +99,47 @@ def image_format(path: str | Path) -> str:
 # ----------------------------------------------------------------------------------------------- NIfTI
 
 
-def _lps_image(path: Path) -> nib.Nifti1Image:
-    try:
-        image = nib.load(str(path))
-    except Exception as error:  # nibabel raises several unrelated types for damaged files
-        raise CohortError(Problem(f"cannot be read as NIfTI: {error}", file=str(path))) from error
-    current = nib.orientations.io_orientation(image.affine)
-    target = nib.orientations.axcodes2ornt(LPS)
-    transform = nib.orientations.ornt_transform(current, target)
-    return image.as_reoriented(transform)
+def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient a ``(D, H, W)`` array whose voxel axes (W, H, D) = (x, y, z) map to RAS mm by ``affine``.
+
+    Returns:
+        (array ``(D', H', W')`` in RAS+ orientation, its affine).
+    """
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(("R", "A", "S")))
+    xyz = nib.orientations.apply_orientation(array.transpose(2, 1, 0), transform)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, array.shape[::-1])
+    return np.ascontiguousarray(xyz.transpose(2, 1, 0)), new_affine
 
 
-def _nifti_geometry(image: nib.Nifti1Image) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple]:
-    zooms = image.header.get_zooms()[:3]
-    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
-    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-    origin = tuple(float(v) for v in ras_to_lps @ image.affine[:3, 3])
-    columns = ras_to_lps @ image.affine[:3, :3]
-    direction = tuple(tuple(float(v) for v in columns[:, i] / np.linalg.norm(columns[:, i])) for i in range(3))
+def affine_geometry(affine: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple]:
+    """(spacing (z, y, x), LPS origin, LPS directions of W, H, D) of a RAS affine."""
+    columns = RAS_TO_LPS @ affine[:3, :3]
+    norms = np.linalg.norm(columns, axis=0)
+    spacing = (float(norms[2]), float(norms[1]), float(norms[0]))
+    origin = tuple(float(v) for v in RAS_TO_LPS @ affine[:3, 3])
+    direction = tuple(tuple(float(v) for v in columns[:, i] / norms[i]) for i in range(3))
     return spacing, origin, direction
 
 
+def _canonical_shape(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape ``(D, H, W)`` and affine after :func:`reorient_to_ras`, without touching any data."""
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(("R", "A", "S")))
+    xyz = tuple(int(n) for n in shape[::-1])
+    new_xyz = tuple(xyz[int(np.flatnonzero(transform[:, 0] == axis)[0])] for axis in range(3))
+    return new_xyz[::-1], affine @ nib.orientations.inv_ornt_aff(transform, xyz)
+
+
+def _load_nifti(path: Path) -> nib.Nifti1Image:
+    try:
+        return nib.load(str(path))
+    except Exception as error:  # nibabel raises several unrelated types for damaged files
+        raise CohortError(Problem(f"cannot be read as NIfTI: {error}", file=str(path))) from error
+
+
 def _read_nifti(path: Path, dtype: type) -> Volume:
-    image = _lps_image(path)
+    image = _load_nifti(path)
     try:
         data = np.asarray(image.dataobj)
     except Exception as error:
@@ -128,14 +148,16 @@ def _read_nifti(path: Path, dtype: type) -> Volume:
         data = data[..., 0]
     if data.ndim != 3:
         raise CohortError(Problem(f"expected a 3D volume, got shape {data.shape}", file=str(path)))
-    spacing, origin, direction = _nifti_geometry(image)
-    array = np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype, copy=False)
-    return Volume(array, spacing, origin, direction)
+    array, affine = reorient_to_ras(data.transpose(2, 1, 0), image.affine)
+    spacing, origin, direction = affine_geometry(affine)
+    return Volume(array.astype(dtype, copy=False), spacing, origin, direction)
 
 
 def write_nifti(path: str | Path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                 origin: Sequence[float] = (0.0, 0.0, 0.0)) -> Path:
-    """Write a ``(D, H, W)`` array (spacing ``(z, y, x)`` mm, LPS ``origin``) as NIfTI; :func:`read_volume` gives it back.
+    """Write a ``(D, H, W)`` RAS+ array (spacing ``(z, y, x)`` mm, LPS ``origin`` of voxel 0) as NIfTI.
+
+    The affine is diagonal (RAS+), so :func:`read_volume` gives the array back unchanged.
 
     The data type is kept (float32 images, uint8 masks); ``.nii.gz`` names are gzip-compressed.
     """
@@ -145,7 +167,7 @@ def write_nifti(path: str | Path, array: np.ndarray, spacing: Sequence[float] = 
         raise ValueError(f"write_nifti({path}): expected a (D, H, W) array, got shape {array.shape}")
     dz, dy, dx = (float(s) for s in spacing)
     ox, oy, oz = (float(o) for o in origin)
-    affine = np.array([[-dx, 0, 0, -ox], [0, -dy, 0, -oy], [0, 0, dz, oz], [0, 0, 0, 1]], dtype=float)
+    affine = np.array([[dx, 0, 0, -ox], [0, dy, 0, -oy], [0, 0, dz, oz], [0, 0, 0, 1]], dtype=float)
     image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine)
     image.header.set_xyzt_units("mm")
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
@@ -204,38 +226,51 @@ def _series(folder: Path) -> list[tuple[Path, pydicom.Dataset, float]]:
     return slices
 
 
-def _dicom_geometry(slices: list[tuple[Path, pydicom.Dataset, float]]) -> VolumeInfo:
+def dicom_series_affine(slices: list[tuple[Path, pydicom.Dataset, float]]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Stored shape ``(slices, Rows, Columns)`` and the RAS affine of the voxel axes (column, row, slice)."""
     first = slices[0][1]
+    orientation = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     if len(slices) > 1:
         slice_spacing = float(np.median(np.diff([s[2] for s in slices])))
     else:
         slice_spacing = float(first.get("SliceThickness", 1.0) or 1.0)
-    shape = (len(slices), int(first.Rows), int(first.Columns))
-    origin = tuple(float(v) for v in first.ImagePositionPatient)
-    return VolumeInfo(shape, (slice_spacing, row_spacing, column_spacing), origin)
+    normal = np.cross(orientation[:3], orientation[3:])
+    affine = np.eye(4)
+    affine[:3, 0] = RAS_TO_LPS @ orientation[:3] * column_spacing
+    affine[:3, 1] = RAS_TO_LPS @ orientation[3:] * row_spacing
+    affine[:3, 2] = RAS_TO_LPS @ normal * slice_spacing
+    affine[:3, 3] = RAS_TO_LPS @ np.asarray(first.ImagePositionPatient, dtype=float)
+    return (len(slices), int(first.Rows), int(first.Columns)), affine
+
+
+def dicom_stored_geometry(folder: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Stored shape (slices sorted along the normal, Rows, Columns) and RAS affine of a series, from headers.
+
+    :func:`reorient_to_ras` with this affine turns an array on the stored pixel grid (e.g. a mask
+    drawn on the DICOM rows and columns) into the orientation :func:`read_volume` returns.
+    """
+    return dicom_series_affine(_series(Path(folder)))
 
 
 def _read_dicom(folder: Path, dtype: type) -> Volume:
     slices = _series(folder)
-    info = _dicom_geometry(slices)
-    array = np.empty(info.shape, dtype=np.float32)
+    shape, affine = dicom_series_affine(slices)
+    array = np.empty(shape, dtype=np.float32)
     for index, (path, _, _) in enumerate(slices):
         try:
             dataset = pydicom.dcmread(str(path))
             pixels = dataset.pixel_array.astype(np.float32)
         except Exception as error:  # decoders raise many types (missing codec, truncated data)
             raise CohortError(Problem(f"DICOM pixel data cannot be read: {error}", file=str(path))) from error
-        if pixels.shape != info.shape[1:]:
-            raise CohortError(Problem(f"slice of shape {pixels.shape}, the series has {info.shape[1:]}", file=str(path)))
+        if pixels.shape != shape[1:]:
+            raise CohortError(Problem(f"slice of shape {pixels.shape}, the series has {shape[1:]}", file=str(path)))
         slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
         array[index] = pixels * slope + intercept
-    orientation = np.asarray(slices[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    direction = (tuple(float(v) for v in orientation[:3]), tuple(float(v) for v in orientation[3:]),
-                 tuple(float(v) for v in normal))
-    return Volume(array.astype(dtype, copy=False), info.spacing, info.origin, direction)
+    array, affine = reorient_to_ras(array, affine)
+    spacing, origin, direction = affine_geometry(affine)
+    return Volume(array.astype(dtype, copy=False), spacing, origin, direction)
 
 
 def write_dicom_series(folder: str | Path, array_hu: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
@@ -244,11 +279,15 @@ def write_dicom_series(folder: str | Path, array_hu: np.ndarray, spacing: Sequen
                        rescale_intercept: float = -1024.0) -> Path:
     """Write a ``(D, H, W)`` HU array as a CT Image Storage series, one file per slice.
 
+    The array is in the orientation :func:`read_volume` returns (RAS+); it is stored the way
+    axial scanners store it (``ImageOrientationPatient`` = 1\\0\\0\\0\\1\\0: rows run
+    to the patient's left, columns posterior), so reading the folder gives the array back.
+
     Args:
         folder: created if missing; files ``slice_0000.dcm`` ...
         array_hu: ``(D, H, W)`` values in HU, rounded to integers on write.
         spacing: ``(z, y, x)`` mm; z sets the slice positions unless ``z_positions`` is given.
-        origin: LPS position (mm) of voxel ``[0, 0, 0]``.
+        origin: LPS position (mm) of voxel ``[0, 0, 0]`` of ``array_hu``.
         z_positions: the z (mm) of every slice, overriding ``origin[2] + i * spacing[0]``.
         series_instance_uid: default: a fresh UID.
         patient_id: written to ``PatientID``.
@@ -267,6 +306,10 @@ def write_dicom_series(folder: str | Path, array_hu: np.ndarray, spacing: Sequen
         z_positions = [float(origin[2]) + i * dz for i in range(depth)]
     if len(z_positions) != depth:
         raise ValueError(f"write_dicom_series({folder}): {len(z_positions)} z positions for {depth} slices")
+    # RAS+ array -> LPS-ordered pixels: flip rows and columns; the first stored pixel is the array's last.
+    array_hu = array_hu[:, ::-1, ::-1]
+    corner_x = float(origin[0]) - (columns - 1) * dx
+    corner_y = float(origin[1]) - (rows - 1) * dy
     stored = np.clip(np.rint(array_hu - rescale_intercept), 0, np.iinfo(np.uint16).max).astype(np.uint16)
     series_instance_uid = series_instance_uid or generate_uid()
     study_instance_uid = generate_uid()
@@ -289,7 +332,7 @@ def write_dicom_series(folder: str | Path, array_hu: np.ndarray, spacing: Sequen
         dataset.FrameOfReferenceUID = frame_of_reference_uid
         dataset.SeriesNumber = 1
         dataset.InstanceNumber = index + 1
-        dataset.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(z_positions[index])]
+        dataset.ImagePositionPatient = [corner_x, corner_y, float(z_positions[index])]
         dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         dataset.PixelSpacing = [dy, dx]
         dataset.SliceThickness = dz
@@ -406,12 +449,13 @@ def read_volume_info(path: str | Path, spacing: Sequence[float] | None = None) -
     path = Path(path)
     kind = image_format(path)
     if kind == "nifti":
-        image = _lps_image(path)
-        x, y, z = image.shape[:3]
-        spacing_zyx, origin, _ = _nifti_geometry(image)
-        return VolumeInfo((int(z), int(y), int(x)), spacing_zyx, origin)
-    if kind == "dicom":
-        return _dicom_geometry(_series(path))
+        image = _load_nifti(path)
+        shape, affine = _canonical_shape(image.shape[:3][::-1], image.affine)
+    elif kind == "dicom":
+        shape, affine = _canonical_shape(*dicom_stored_geometry(path))
+    if kind in ("nifti", "dicom"):
+        spacing_zyx, origin, _ = affine_geometry(affine)
+        return VolumeInfo(shape, spacing_zyx, origin)
     array = _load_npy(path, mmap=True)
     return VolumeInfo(tuple(int(n) for n in array.shape), _npy_spacing(path, spacing))
 

@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 
 from mstnet.data.cohort import ClinicalSchema, Cohort, CohortError, NoduleLocation, Patient, Problem, Scan
-from mstnet.data.io import read_volume_info, write_nifti
+from mstnet.data.io import affine_geometry, dicom_stored_geometry, reorient_to_ras, write_nifti
 from mstnet.data.lidc_db import LidcAnnotation, LidcDatabase, LidcScan, consensus_mask
 
 log = logging.getLogger(__name__)
@@ -144,30 +144,37 @@ def load_lidc_cohort(folder: str | Path, database: LidcDatabase | str | Path | N
 
 def _write_consensus_mask(patient_id: str, series_folder: Path, scan: LidcScan, nodule: list[LidcAnnotation],
                           consensus_level: float, mask_dir: Path) -> tuple[Path, NoduleLocation]:
-    """Place the nodule's consensus mask on the series' grid, write it (once) and return its path and location."""
-    info = read_volume_info(series_folder)
+    """Place the nodule's consensus mask on the series' grid, write it (once) and return its path and location.
+
+    The readers' contours are on the stored DICOM grid (row, column); the mask is built there,
+    slice by slice matched on z, then reoriented exactly as :func:`mstnet.data.io.read_volume`
+    reorients the image.
+    """
+    stored_shape, affine = dicom_stored_geometry(series_folder)
     consensus = consensus_mask(nodule, scan, consensus_level)[0]
-    depth, rows, columns = info.shape
+    depth, rows, columns = stored_shape
     slice0, row0, column0 = consensus.offset
-    z_origin, z_spacing = info.origin[2], info.spacing[0]
-    full = np.zeros(info.shape, dtype=np.uint8)
+    z_first, z_step = float(affine[2, 3]), float(affine[2, 2])
+    stored = np.zeros(stored_shape, dtype=np.uint8)
     for k in np.flatnonzero(consensus.mask.any(axis=(1, 2))):
         z_mm = float(scan.z_positions[slice0 + k])
-        index = int(round((z_mm - z_origin) / z_spacing))
-        if not 0 <= index < depth or abs(z_origin + index * z_spacing - z_mm) > 0.25 * z_spacing:
+        index = int(round((z_mm - z_first) / z_step)) if z_step else -1
+        if not 0 <= index < depth or abs(z_first + index * z_step - z_mm) > 0.25 * abs(z_step):
             raise CohortError(Problem(f"the nodule's slice at z = {z_mm:.2f} mm is not in this series "
-                                      f"(z from {z_origin:.2f} mm, {depth} slices of {z_spacing:.3g} mm)",
+                                      f"(z from {z_first:.2f} mm, {depth} slices {abs(z_step):.3g} mm apart)",
                                       patient_id=patient_id, timepoint="T0", file=str(series_folder)))
         plane = consensus.mask[k]
         r_stop, c_stop = row0 + plane.shape[0], column0 + plane.shape[1]
         if row0 < 0 or column0 < 0 or r_stop > rows or c_stop > columns:
-            raise CohortError(Problem(f"the nodule outline ({row0}:{r_stop}, {column0}:{c_stop}) leaves the "
+            raise CohortError(Problem(f"the nodule outline (rows {row0}:{r_stop}, columns {column0}:{c_stop}) leaves the "
                                       f"{rows} x {columns} slice", patient_id=patient_id, timepoint="T0", file=str(series_folder)))
-        full[index, row0:r_stop, column0:c_stop] |= plane
-    z, y, x = np.nonzero(full)
+        stored[index, row0:r_stop, column0:c_stop] |= plane
+    mask, mask_affine = reorient_to_ras(stored, affine)
+    z, y, x = np.nonzero(mask)
     location = NoduleLocation(float(x.mean()), float(y.mean()), int(z.min()), int(z.max()))
     level = f"{consensus_level:g}".replace(".", "p")
     mask_path = mask_dir / f"{patient_id}_scan{scan.id}_consensus{level}.nii.gz"
     if not mask_path.exists():
-        write_nifti(mask_path, full, info.spacing, origin=info.origin)
+        spacing, origin, _ = affine_geometry(mask_affine)
+        write_nifti(mask_path, mask, spacing, origin=origin)
     return mask_path, location
