@@ -152,10 +152,10 @@ def crop_centre(shape: Sequence[int], nodule: NoduleLocation | None, mask: np.nd
 def crop_or_pad(array: np.ndarray, centre: Sequence[float], size: Sequence[int], pad_value: float) -> np.ndarray:
     """The ``size`` box of ``array`` (``[C, D, H, W]``) centred on ``centre``, padded with ``pad_value`` outside.
 
-    The box starts at ``round(centre - (size - 1) / 2)`` on each axis, so a centre on a voxel
-    puts that voxel at index ``(size - 1) // 2`` (the lower middle for even sizes).
+    The box starts at ``round(centre) - size // 2`` on each axis (MONAI ``SpatialCrop``'s
+    convention), so the centre voxel lands at index ``size // 2``.
     """
-    starts = [int(np.floor(c - (n - 1) / 2 + 0.5)) for c, n in zip(centre, size)]
+    starts = [int(np.floor(c + 0.5)) - n // 2 for c, n in zip(centre, size)]
     out = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
     source, target = [slice(None)], [slice(None)]
     for start, n, extent in zip(starts, size, array.shape[1:]):
