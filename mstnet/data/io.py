@@ -46,7 +46,7 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 """Flips world x and y: RAS (NIfTI) <-> LPS (DICOM patient coordinates)."""
 
 SLICE_GAP_TOLERANCE = 0.1
-"""Relative deviation of one slice gap from the median gap that counts as a missing slice."""
+"""Relative deviation of one slice gap from the typical (most common) gap that counts as a missing slice."""
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -191,6 +191,13 @@ def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     return found
 
 
+def typical_gap(positions: np.ndarray) -> float:
+    """The most common gap between sorted slice positions (to 0.01 mm; the smallest on ties), the slice spacing."""
+    gaps = np.round(np.diff(positions), 2)
+    values, counts = np.unique(gaps, return_counts=True)
+    return float(values[counts == counts.max()].min())
+
+
 def _series(folder: Path) -> list[tuple[Path, pydicom.Dataset, float]]:
     """The one series of ``folder``: (file, header, position along the slice normal), sorted by position.
 
@@ -214,14 +221,14 @@ def _series(folder: Path) -> list[tuple[Path, pydicom.Dataset, float]]:
     positions = np.array([s[2] for s in slices])
     if len(positions) > 1:
         gaps = np.diff(positions)
-        median = float(np.median(gaps))
-        if median <= 0:
+        expected = typical_gap(positions)
+        if expected <= 0:
             raise CohortError(Problem("several slices share one position along the slice normal", file=str(folder)))
-        bad = np.flatnonzero(np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median)
+        bad = np.flatnonzero(np.abs(gaps - expected) > SLICE_GAP_TOLERANCE * expected)
         if len(bad):
             details = "; ".join(f"{gaps[i]:.3g} mm between slices at {positions[i]:.2f} and {positions[i + 1]:.2f} mm"
                                 for i in bad[:5])
-            raise CohortError(Problem(f"uneven slice spacing (missing or duplicate slice): expected {median:.3g} mm, "
+            raise CohortError(Problem(f"uneven slice spacing (missing or duplicate slice): expected {expected:.3g} mm, "
                                       f"found {details}", file=str(folder)))
     return slices
 
@@ -232,7 +239,7 @@ def dicom_series_affine(slices: list[tuple[Path, pydicom.Dataset, float]]) -> tu
     orientation = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     if len(slices) > 1:
-        slice_spacing = float(np.median(np.diff([s[2] for s in slices])))
+        slice_spacing = typical_gap(np.array([s[2] for s in slices]))
     else:
         slice_spacing = float(first.get("SliceThickness", 1.0) or 1.0)
     normal = np.cross(orientation[:3], orientation[3:])
