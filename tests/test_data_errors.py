@@ -174,3 +174,28 @@ def test_validate_source_returns_loader_problems_and_passes_a_sound_cohort(tiny_
     _rewrite(tiny_cohort.root / "manifest.csv", lambda frame: frame.__setitem__("label", "7"))
     cohort, problems = validate_source(tiny_cohort.root)
     assert cohort is None and len(problems) == 8
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def test_cli_validate_exits_1_with_a_table_of_problems_and_summary_describes_the_cohort(tiny_cohort, monkeypatch):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import mstnet.commands.data
+    from mstnet.cli import build_app
+
+    monkeypatch.setattr(mstnet.commands.data, "console", Console(width=400))
+
+    runner = CliRunner()
+    app = build_app()
+    sound = runner.invoke(app, ["data", "validate", str(tiny_cohort.root), "--min-timepoints", "2"])
+    assert sound.exit_code == 0 and "no problems found" in sound.output
+    summary = runner.invoke(app, ["data", "summary", str(tiny_cohort.root)])
+    assert summary.exit_code == 0
+    assert "patients" in summary.output and "0.8 - 0.8" in summary.output and "12 - 12" in summary.output
+    tiny_cohort["P01"].scans[1].image.unlink()
+    broken = runner.invoke(app, ["data", "validate", str(tiny_cohort.root), "--min-timepoints", "3"])
+    assert broken.exit_code == 1
+    assert "5 problem(s)" in broken.output and "P01" in broken.output and "does not exist" in broken.output
