@@ -213,7 +213,7 @@ PRESETS: dict[str, MSTNetConfig] = {
         image_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=32, num_layers=4, num_heads=2, mlp_size=64,
         embedding_dropout=0.0, transformer_dropout=0.0, decoder_channels=(32, 16, 8, 8),
         clinical_cardinalities=(3, 4), clinical_embedding_size=16, resnet_channels=(4, 8, 8),
-        fusion_hidden_size=32, fusion_size=16, head_hidden_sizes=(16, 8), cmaf_dropout=0.0,
+        fusion_hidden_size=32, fusion_size=16, head_hidden_sizes=(32, 16), cmaf_dropout=0.0,
     ),
 }
 
