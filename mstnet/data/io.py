@@ -24,7 +24,6 @@ Writers write to a temporary name in the target folder and rename.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -40,7 +39,6 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from mstnet.data.cohort import CohortError, Problem, write_text_atomic
 
-log = logging.getLogger(__name__)
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 """Flips world x and y: RAS (NIfTI) <-> LPS (DICOM patient coordinates)."""
