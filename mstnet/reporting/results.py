@@ -1,0 +1,329 @@
+"""Load result folders (``docs/results-format.md``) into tidy pandas frames.
+
+Only files are read; nothing from the training code is imported. One RUNS_DIR, or several
+merged (their experiments must have distinct names), becomes a :class:`Results`:
+
+==================  ==========================================================================
+frame               columns (one row per ...)
+==================  ==========================================================================
+``experiments``     index ``experiment``; description, group, table_row, tasks (tuple),
+                    information, footnote, kind, folder, runs_dir (... experiment)
+``fold_metrics``    experiment, fold, dice, jaccard, hd95, asd, accuracy, precision, recall,
+                    specificity, f1, auc, brier, convention, average, threshold (... fold)
+``predictions``     experiment, patient_id, fold, label, probability (... test patient)
+``segmentation``    experiment, patient_id, timepoint, fold, dice, jaccard, hd95, asd (... scan)
+``histories``       experiment, fold, epoch, train_loss, val_loss, val_score, lr (... epoch)
+``runs``            experiment, fold and the scalar fields of ``run.json`` (... fold)
+==================  ==========================================================================
+
+A fold counts when its ``metrics.json`` exists and its ``run.json`` (when present) says
+``"status": "complete"``; other folds are left out with a logged warning. A file that breaks
+the contract raises :class:`ResultsError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
+CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier")
+PREDICTION_COLUMNS: tuple[str, ...] = ("patient_id", "fold", "label", "probability")
+SEGMENTATION_COLUMNS: tuple[str, ...] = ("patient_id", "timepoint", "fold", *SEGMENTATION_METRICS)
+HISTORY_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss")
+EXPERIMENT_FIELDS: tuple[str, ...] = ("name", "tasks", "group")
+FOLD_FOLDER = re.compile(r"^fold(\d+)$")
+BENCHMARK_PATTERNS: tuple[str, ...] = ("benchmark*.json", "benchmarks/**/*.json", ".benchmarks/**/*.json")
+
+
+class ResultsError(ValueError):
+    """A result file is missing, unreadable or breaks ``docs/results-format.md``."""
+
+
+@dataclass(frozen=True)
+class Results:
+    """Everything the reports need from one or several RUNS_DIRs (see the module docstring)."""
+
+    runs_dirs: tuple[Path, ...]
+    experiments: pd.DataFrame
+    fold_metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    segmentation: pd.DataFrame
+    histories: pd.DataFrame
+    runs: pd.DataFrame
+    cohorts: tuple[dict[str, Any], ...] = ()
+    oracle: dict[str, float] = field(default_factory=dict)
+    published: dict[str, Any] | None = None
+    galleries: dict[tuple[str, int], Path] = field(default_factory=dict)
+    studies: dict[str, Path] = field(default_factory=dict)
+    benchmark_files: tuple[Path, ...] = ()
+
+    def names(self, group: str | None = None) -> list[str]:
+        """Experiment names (in loading order), optionally only those of ``group``."""
+        frame = self.experiments
+        if group is not None:
+            frame = frame[frame["group"] == group]
+        return list(frame.index)
+
+    def has_task(self, experiment: str, task: str) -> bool:
+        """Whether ``experiment`` declares ``task`` and has per-fold values for it."""
+        if task not in self.experiments.at[experiment, "tasks"]:
+            return False
+        keys = SEGMENTATION_METRICS if task == "segmentation" else CLASSIFICATION_METRICS
+        values = self.fold_metrics.loc[self.fold_metrics["experiment"] == experiment, list(keys)]
+        return bool(values.notna().to_numpy().any())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: file not found") from None
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path}: not valid JSON ({error})") from None
+
+
+def _read_csv(path: Path, required: Sequence[str], experiment: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"patient_id": str, "timepoint": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ResultsError(f"{path}: not a readable CSV ({error})") from None
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ResultsError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    frame.insert(0, "experiment", experiment)
+    return frame
+
+
+def _number(value: Any, path: Path, key: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ResultsError(f"{path}: {key} must be a number or null, got {value!r}")
+    return float(value)
+
+
+def _fold_metrics_row(path: Path, experiment: str, fold: int) -> dict[str, Any]:
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict) or "segmentation" not in metrics or "classification" not in metrics:
+        raise ResultsError(f"{path}: expected an object with keys 'segmentation' and 'classification' (null or object)")
+    row: dict[str, Any] = {"experiment": experiment, "fold": fold}
+    for task, keys in (("segmentation", SEGMENTATION_METRICS), ("classification", CLASSIFICATION_METRICS)):
+        block = metrics[task]
+        if block is not None and not isinstance(block, dict):
+            raise ResultsError(f"{path}: {task!r} must be null or an object of metric values, got {block!r}")
+        for key in keys:
+            row[key] = _number(block.get(key), path, f"{task}.{key}") if block else math.nan
+        if block:
+            absent = [key for key in keys if key not in block and key != "brier"]
+            if absent:
+                raise ResultsError(f"{path}: {task} lacks metric(s) {absent}")
+    row["convention"] = metrics.get("convention", "monai")
+    row["average"] = metrics.get("average", "binary")
+    row["threshold"] = float(metrics.get("threshold", 0.5))
+    return row
+
+
+def _experiment_record(folder: Path, runs_dir: Path) -> dict[str, Any]:
+    path = folder / "experiment.json"
+    meta = _read_json(path)
+    missing = [key for key in EXPERIMENT_FIELDS if key not in meta]
+    if missing:
+        raise ResultsError(f"{path}: missing field(s) {missing}")
+    tasks = tuple(meta["tasks"])
+    unknown = set(tasks) - {"segmentation", "classification"}
+    if unknown:
+        raise ResultsError(f"{path}: tasks {sorted(unknown)} are not 'segmentation' or 'classification'")
+    return {"experiment": str(meta["name"]), "description": meta.get("description", ""), "group": meta["group"],
+            "table_row": str(meta.get("table_row") or ""), "tasks": tasks,
+            "information": meta.get("information", "everything"), "footnote": meta.get("footnote", "") or "",
+            "kind": meta.get("kind", "torch"), "folder": folder, "runs_dir": runs_dir}
+
+
+def _fold_is_complete(fold_dir: Path) -> bool:
+    if not (fold_dir / "metrics.json").exists():
+        log.warning("%s: no metrics.json (fold not finished); left out", fold_dir)
+        return False
+    run_json = fold_dir / "run.json"
+    if run_json.exists():
+        status = _read_json(run_json).get("status")
+        if status != "complete":
+            log.warning("%s: run.json status is %r, not 'complete'; left out", run_json, status)
+            return False
+    return True
+
+
+def _fold_folders(folder: Path) -> list[tuple[int, Path]]:
+    folds = []
+    for child in folder.iterdir():
+        match = FOLD_FOLDER.match(child.name)
+        if match and child.is_dir():
+            folds.append((int(match.group(1)), child))
+    return sorted(folds)
+
+
+def load_results(runs_dir: str | Path) -> Results:
+    """Read one RUNS_DIR (``splits.json``, ``cohort.json``, ``oracle.json`` and every experiment folder)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ResultsError(f"{runs_dir}: not a folder of results")
+    records, fold_rows, run_rows = [], [], []
+    frames: dict[str, list[pd.DataFrame]] = {"predictions": [], "segmentation": [], "histories": []}
+    galleries: dict[tuple[str, int], Path] = {}
+    studies: dict[str, Path] = {}
+    for folder in sorted(p.parent for p in runs_dir.glob("*/experiment.json")):
+        record = _experiment_record(folder, runs_dir)
+        name = record["experiment"]
+        complete = [(k, d) for k, d in _fold_folders(folder) if _fold_is_complete(d)]
+        if not complete:
+            log.warning("%s: no complete fold; experiment %r left out", folder, name)
+            continue
+        records.append(record)
+        for k, fold_dir in complete:
+            fold_rows.append(_fold_metrics_row(fold_dir / "metrics.json", name, k))
+            if (fold_dir / "run.json").exists():
+                run = _read_json(fold_dir / "run.json")
+                run_rows.append({"experiment": name, "fold": k,
+                                 **{key: value for key, value in run.items() if not isinstance(value, (dict, list))}})
+            if "classification" in record["tasks"]:
+                if not (fold_dir / "predictions.csv").exists():
+                    raise ResultsError(f"{fold_dir / 'predictions.csv'}: file not found (experiment {name!r} declares classification)")
+                frames["predictions"].append(_read_csv(fold_dir / "predictions.csv", PREDICTION_COLUMNS, name))
+            if "segmentation" in record["tasks"] and (fold_dir / "segmentation.csv").exists():
+                frames["segmentation"].append(_read_csv(fold_dir / "segmentation.csv", SEGMENTATION_COLUMNS, name))
+            if (fold_dir / "history.csv").exists():
+                history = _read_csv(fold_dir / "history.csv", HISTORY_COLUMNS, name)
+                history.insert(1, "fold", k)
+                frames["histories"].append(history)
+            if (fold_dir / "gallery.npz").exists():
+                galleries[(name, k)] = fold_dir / "gallery.npz"
+        if (folder / "tuning" / "study.db").exists():
+            studies[name] = folder / "tuning" / "study.db"
+    experiments = pd.DataFrame.from_records(records, columns=[
+        "experiment", "description", "group", "table_row", "tasks", "information", "footnote", "kind", "folder",
+        "runs_dir"]).set_index("experiment")
+    cohort = _read_json(runs_dir / "cohort.json") if (runs_dir / "cohort.json").exists() else {}
+    oracle = _read_json(runs_dir / "oracle.json") if (runs_dir / "oracle.json").exists() else {}
+    published = _read_json(runs_dir / "published.json") if (runs_dir / "published.json").exists() else None
+    benchmark_files = tuple(sorted({p for pattern in BENCHMARK_PATTERNS for p in runs_dir.glob(pattern)
+                                    if is_benchmark_json(p)}))
+    return Results(
+        runs_dirs=(runs_dir,), experiments=experiments,
+        fold_metrics=pd.DataFrame(fold_rows, columns=["experiment", "fold", *SEGMENTATION_METRICS,
+                                                       *CLASSIFICATION_METRICS, "convention", "average", "threshold"]),
+        predictions=_concat(frames["predictions"], ["experiment", *PREDICTION_COLUMNS]),
+        segmentation=_concat(frames["segmentation"], ["experiment", *SEGMENTATION_COLUMNS]),
+        histories=_concat(frames["histories"], ["experiment", "fold", *HISTORY_COLUMNS]),
+        runs=pd.DataFrame(run_rows) if run_rows else pd.DataFrame(columns=["experiment", "fold"]),
+        cohorts=({**cohort, "runs_dir": str(runs_dir)},), oracle={k: float(v) for k, v in oracle.items()},
+        published=published, galleries=galleries, studies=studies, benchmark_files=benchmark_files,
+    )
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(frames, ignore_index=True)
+    if "patient_id" in frame.columns:
+        frame["patient_id"] = frame["patient_id"].astype(str)
+    return frame
+
+
+def is_benchmark_json(path: Path) -> bool:
+    """Whether ``path`` is a pytest-benchmark JSON (``{"machine_info": ..., "benchmarks": [...]}``)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(payload, dict) and "machine_info" in payload and isinstance(payload.get("benchmarks"), list)
+
+
+def merge_results(parts: Iterable[Results]) -> Results:
+    """One :class:`Results` from several; an experiment name present in two folders is an error."""
+    parts = list(parts)
+    if not parts:
+        raise ResultsError("no results folders given")
+    if len(parts) == 1:
+        return parts[0]
+    seen: dict[str, Path] = {}
+    for part in parts:
+        for name, folder in part.experiments["folder"].items():
+            if name in seen:
+                raise ResultsError(f"experiment {name!r} is in two results folders: {seen[name]} and {folder}; "
+                                   "report them separately or remove one")
+            seen[name] = folder
+    oracle: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.oracle.items():
+            if key in oracle and not math.isclose(oracle[key], value):
+                log.warning("oracle.json differs between results folders (%s: %.4f vs %.4f); keeping the first",
+                            key, oracle[key], value)
+            oracle.setdefault(key, value)
+    hashes = {c.get("splits_hash") for part in parts for c in part.cohorts if c.get("splits_hash")}
+    if len(hashes) > 1:
+        log.warning("the results folders use different folds (%d splits hashes); paired tests pair on patient ids",
+                    len(hashes))
+    return Results(
+        runs_dirs=tuple(d for part in parts for d in part.runs_dirs),
+        experiments=pd.concat([p.experiments for p in parts]),
+        fold_metrics=pd.concat([p.fold_metrics for p in parts], ignore_index=True),
+        predictions=pd.concat([p.predictions for p in parts if len(p.predictions)] or [parts[0].predictions], ignore_index=True),
+        segmentation=pd.concat([p.segmentation for p in parts if len(p.segmentation)] or [parts[0].segmentation], ignore_index=True),
+        histories=pd.concat([p.histories for p in parts if len(p.histories)] or [parts[0].histories], ignore_index=True),
+        runs=pd.concat([p.runs for p in parts if len(p.runs)] or [parts[0].runs], ignore_index=True),
+        cohorts=tuple(c for part in parts for c in part.cohorts), oracle=oracle,
+        published=next((p.published for p in parts if p.published is not None), None),
+        galleries={k: v for part in parts for k, v in part.galleries.items()},
+        studies={k: v for part in parts for k, v in part.studies.items()},
+        benchmark_files=tuple(f for part in parts for f in part.benchmark_files),
+    )
+
+
+def load_many(runs_dirs: Iterable[str | Path]) -> Results:
+    """Load and merge several RUNS_DIRs (see :func:`merge_results`)."""
+    return merge_results(load_results(d) for d in runs_dirs)
+
+
+def check_runs_dir(runs_dir: str | Path) -> list[str]:
+    """Contract problems of a RUNS_DIR, as readable lines (empty when it follows ``docs/results-format.md``).
+
+    Beyond what :func:`load_results` enforces, checks that ``splits.json`` and ``cohort.json``
+    exist, that every complete fold's test patients are the ones in ``splits.json``, and that
+    segmentation experiments wrote ``segmentation.csv`` and ``gallery.npz``.
+    """
+    runs_dir = Path(runs_dir)
+    problems = []
+    for name in ("splits.json", "cohort.json"):
+        if not (runs_dir / name).exists():
+            problems.append(f"{runs_dir / name}: missing")
+    try:
+        results = load_results(runs_dir)
+    except ResultsError as error:
+        return [*problems, str(error)]
+    test_of = {}
+    if (runs_dir / "splits.json").exists():
+        test_of = {f["fold"]: set(map(str, f["test"])) for f in _read_json(runs_dir / "splits.json").get("folds", [])}
+    for name, meta in results.experiments.iterrows():
+        for k in results.fold_metrics.loc[results.fold_metrics["experiment"] == name, "fold"]:
+            fold_dir = meta["folder"] / f"fold{k}"
+            if "segmentation" in meta["tasks"]:
+                for file in ("segmentation.csv", "gallery.npz"):
+                    if not (fold_dir / file).exists():
+                        problems.append(f"{fold_dir / file}: missing (experiment {name!r} declares segmentation)")
+            if "classification" in meta["tasks"] and k in test_of:
+                patients = set(results.predictions.loc[(results.predictions["experiment"] == name)
+                                                       & (results.predictions["fold"] == k), "patient_id"])
+                if patients != test_of[k]:
+                    problems.append(f"{fold_dir / 'predictions.csv'}: patients differ from splits.json fold {k} test "
+                                    f"({len(patients - test_of[k])} extra, {len(test_of[k] - patients)} missing)")
+    return problems

@@ -1,0 +1,806 @@
+"""The paper-style results table, the reference table and the ablation table, and their renderings.
+
+Statistics (``shared/design/protocol.md``, "Aggregation and statistics"):
+
+- cell value: mean +/- sample std (ddof=1) over folds of the fold values in ``metrics.json``
+  (:func:`mstnet.metrics.mean_std`);
+- 95% CI, classification: percentile bootstrap over patients of the pooled out-of-fold
+  predictions at the threshold and averaging recorded in ``metrics.json``; the resamples are
+  drawn exactly as :func:`mstnet.metrics.bootstrap_ci` draws them (``default_rng(seed)``,
+  one ``integers(0, N, (R, N))`` call), and every metric of a resample is computed from its
+  confusion counts and ranks at once (:func:`classification_metric_samples`, tested to equal
+  :func:`mstnet.metrics.classification_metrics` per resample), because calling the
+  scikit-learn metrics R times per metric and method takes minutes;
+- 95% CI, segmentation: :func:`mstnet.metrics.bootstrap_mean_ci` of the per-scan values
+  with scans grouped by patient;
+- paired comparison with the reference method on the patients (and time points) both have:
+  DeLong for AUC (:func:`mstnet.metrics.delong_test`), Wilcoxon signed-rank on per-scan Dice
+  (:func:`mstnet.metrics.wilcoxon_signed_rank`);
+- ablation differences (variant minus reference) with a paired bootstrap over patients, and
+  paired p-values: DeLong (AUC), exact McNemar (accuracy), paired bootstrap (F1), Wilcoxon
+  (Dice).
+
+Renderings: CSV (raw numbers: fractions in [0, 1], distances in mm), Markdown, LaTeX
+(booktabs) and HTML; fractions are shown as percentages.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mstnet.metrics import bootstrap_mean_ci, delong_test, mean_std, wilcoxon_signed_rank
+from mstnet.reporting.published import PUBLISHED_LABEL, PUBLISHED_SOURCE, ROW_ORDER, published_rows
+from mstnet.reporting.results import Results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """One column of the results table.
+
+    Attributes:
+        key: metric name in ``metrics.json`` and the CSV files.
+        label: column header.
+        task: "segmentation" or "classification".
+        unit: "%" (a fraction shown as percent) or "mm".
+        higher_is_better: direction used to mark the best value.
+    """
+
+    key: str
+    label: str
+    task: str
+    unit: str
+    higher_is_better: bool = True
+
+    def scale(self) -> float:
+        return 100.0 if self.unit == "%" else 1.0
+
+
+COLUMNS: tuple[MetricColumn, ...] = (
+    MetricColumn("dice", "Dice", "segmentation", "%"),
+    MetricColumn("jaccard", "Jaccard", "segmentation", "%"),
+    MetricColumn("hd95", "HD95", "segmentation", "mm", higher_is_better=False),
+    MetricColumn("asd", "ASD", "segmentation", "mm", higher_is_better=False),
+    MetricColumn("accuracy", "Acc", "classification", "%"),
+    MetricColumn("precision", "Pre", "classification", "%"),
+    MetricColumn("recall", "Rec", "classification", "%"),
+    MetricColumn("specificity", "Spec", "classification", "%"),
+    MetricColumn("f1", "F1", "classification", "%"),
+    MetricColumn("auc", "AUC", "classification", "%"),
+)
+COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
+PAIRED_TESTS = {"auc": "auc_p_delong", "dice": "dice_p_wilcoxon"}
+"""Column -> CSV column of the p-value of its paired comparison with the reference."""
+ABLATION_METRICS: tuple[str, ...] = ("auc", "accuracy", "f1", "dice")
+ABLATION_TESTS = {"auc": "DeLong", "accuracy": "exact McNemar", "f1": "paired bootstrap", "dice": "Wilcoxon signed-rank"}
+MISSING = "-"
+ROW_MARKS = "abcdefghijklmnopqrstuvwxyz"
+CONVENTION_TEXT = {
+    "monai": "MONAI convention: HD95 = max of the two directed 95th percentiles, ASD = mean of the pooled "
+             "symmetric surface distances",
+    "medpy": "medpy convention: HD95 = 95th percentile of the pooled surface distances, ASD = mean of the two "
+             "directed means",
+}
+
+
+def stars(p_value: float) -> str:
+    """``"***"`` for p < 0.001, ``"**"`` for p < 0.01, ``"*"`` for p < 0.05, else ``""`` (also for NaN)."""
+    if p_value is None or not np.isfinite(p_value):
+        return ""
+    return "***" if p_value < 0.001 else "**" if p_value < 0.01 else "*" if p_value < 0.05 else ""
+
+
+def patient_draws(n_patients: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(R, N) patient indices drawn with replacement, as :func:`mstnet.metrics.bootstrap_ci` draws them."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
+    return np.random.default_rng(seed).integers(0, n_patients, size=(int(n_resamples), n_patients))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator with 0 where the denominator is 0 (scikit-learn's ``zero_division=0``)."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
+                     where=denominator > 0)
+
+
+def classification_metric_samples(
+    labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, threshold: float = 0.5, average: str = "binary"
+) -> dict[str, np.ndarray]:
+    """Every classification metric on every resample at once.
+
+    Args:
+        labels: (N,) 0/1 labels of the pooled patients.
+        probabilities: (N,) malignancy probabilities.
+        draws: (R, N) patient indices of R resamples (:func:`patient_draws`).
+        threshold: a patient is malignant when its probability is >= threshold.
+        average: "binary" (malignant class) or "weighted" (support-weighted over both classes),
+            as in :func:`mstnet.metrics.classification_metrics`.
+
+    Returns:
+        metric name -> (R,) values, the same keys as ``classification_metrics``; AUC is NaN on a
+        resample holding one class.
+    """
+    y = np.asarray(labels)[draws].astype(bool)
+    p = np.asarray(probabilities, dtype=np.float64)[draws]
+    predicted = p >= threshold
+    n = y.shape[1]
+    tp = (y & predicted).sum(axis=1)
+    fp = (~y & predicted).sum(axis=1)
+    tn = (~y & ~predicted).sum(axis=1)
+    fn = (y & ~predicted).sum(axis=1)
+    recall_1, recall_0 = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    precision_1, precision_0 = _ratio(tp, tp + fp), _ratio(tn, tn + fn)
+    f1_1, f1_0 = _ratio(2 * tp, 2 * tp + fp + fn), _ratio(2 * tn, 2 * tn + fn + fp)
+    if average == "binary":
+        precision, recall, f1, specificity = precision_1, recall_1, f1_1, recall_0
+    elif average == "weighted":
+        n1, n0 = tp + fn, tn + fp
+        precision = (n0 * precision_0 + n1 * precision_1) / n
+        recall = (n0 * recall_0 + n1 * recall_1) / n
+        f1 = (n0 * f1_0 + n1 * f1_1) / n
+        specificity = (n0 * recall_1 + n1 * recall_0) / n
+    else:
+        raise ValueError(f"average: expected 'binary' or 'weighted', got {average!r}")
+    positives = y.sum(axis=1)
+    negatives = n - positives
+    ranks = stats.rankdata(p, method="average", axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2.0) / (positives * negatives)
+    auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "specificity": specificity,
+            "f1": f1, "auc": auc, "brier": ((p - y) ** 2).mean(axis=1)}
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided percentile interval of the finite bootstrap values; (nan, nan) when none is finite."""
+    finite = np.asarray(samples, float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class ResultsTable:
+    """A measured results table and everything its renderings need.
+
+    Attributes:
+        title: caption.
+        frame: one row per method: ``experiment``, ``method``, ``group``, ``mark`` (footnote
+            letter or ""), ``is_reference``, ``n_folds``, ``n_patients``, ``n_scans``; per metric
+            ``<key>_mean``, ``<key>_std``, ``<key>_ci_low``, ``<key>_ci_high``, ``<key>_best``;
+            ``auc_p_delong`` and ``dice_p_wilcoxon`` (NaN for the reference and where untested).
+        notes: footnote lines.
+        oracle_auc: the oracle ceiling AUC ("everything"), or None.
+        published: published row name -> {metric: value in percent / paper unit or None}, when
+            shown beside the measured rows.
+        reference: name of the reference experiment.
+    """
+
+    title: str
+    frame: pd.DataFrame
+    notes: tuple[str, ...] = ()
+    oracle_auc: float | None = None
+    published: dict[str, dict[str, float | None]] | None = None
+    reference: str = "mstnet"
+
+
+def _settings(results: Results, experiments: Sequence[str], column: str) -> list:
+    values = results.fold_metrics.loc[results.fold_metrics["experiment"].isin(experiments), column].dropna()
+    return sorted(set(values.tolist()), key=str)
+
+
+def _classification_setting(results: Results, experiment: str) -> tuple[float, str]:
+    frame = results.fold_metrics[results.fold_metrics["experiment"] == experiment]
+    thresholds, averages = sorted(set(frame["threshold"])), sorted(set(frame["average"]))
+    if len(thresholds) > 1 or len(averages) > 1:
+        log.warning("%s: folds use different thresholds %s / averages %s; the pooled CI uses the first",
+                    experiment, thresholds, averages)
+    return float(thresholds[0]), str(averages[0])
+
+
+def _pooled(results: Results, experiment: str) -> pd.DataFrame:
+    frame = results.predictions[results.predictions["experiment"] == experiment]
+    duplicated = frame["patient_id"].duplicated()
+    if duplicated.any():
+        raise ValueError(f"{experiment}: patient {frame.loc[duplicated, 'patient_id'].iloc[0]!r} has predictions in "
+                         "two folds; every patient must be tested exactly once")
+    return frame
+
+
+def _scans(results: Results, experiment: str) -> pd.DataFrame:
+    return results.segmentation[results.segmentation["experiment"] == experiment]
+
+
+def measure_row(results: Results, experiment: str, reference: str | None, n_resamples: int, seed: int,
+                confidence: float = 0.95) -> dict:
+    """One table row: per-fold mean/std, bootstrap CI and paired p-values against ``reference``."""
+    folds = results.fold_metrics[results.fold_metrics["experiment"] == experiment]
+    row: dict = {"experiment": experiment, "n_folds": len(folds), "n_patients": 0, "n_scans": 0}
+    for column in COLUMNS:
+        row.update({f"{column.key}_{part}": math.nan for part in ("mean", "std", "ci_low", "ci_high")})
+    if results.has_task(experiment, "classification"):
+        pooled = _pooled(results, experiment)
+        row["n_patients"] = len(pooled)
+        threshold, average = _classification_setting(results, experiment)
+        draws = patient_draws(len(pooled), n_resamples, seed)
+        samples = classification_metric_samples(pooled["label"].to_numpy(), pooled["probability"].to_numpy(), draws,
+                                                threshold, average)
+        for column in COLUMNS:
+            if column.task == "classification":
+                row[f"{column.key}_mean"], row[f"{column.key}_std"] = mean_std(folds[column.key].to_numpy())
+                row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"] = percentile_interval(samples[column.key], confidence)
+    if results.has_task(experiment, "segmentation"):
+        scans = _scans(results, experiment)
+        row["n_scans"] = len(scans)
+        for column in COLUMNS:
+            if column.task == "segmentation":
+                row[f"{column.key}_mean"], row[f"{column.key}_std"] = mean_std(folds[column.key].to_numpy())
+                if len(scans):
+                    row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"] = bootstrap_mean_ci(
+                        scans[column.key].to_numpy(float), groups=scans["patient_id"].to_numpy(),
+                        n_resamples=n_resamples, seed=seed, confidence=confidence)
+    row["auc_p_delong"] = row["dice_p_wilcoxon"] = math.nan
+    if reference is not None and experiment != reference and reference in results.experiments.index:
+        if results.has_task(experiment, "classification") and results.has_task(reference, "classification"):
+            paired = paired_predictions(results, reference, experiment)
+            if len(paired) >= 2:
+                row["auc_p_delong"] = delong_test(paired["label"], paired["probability_reference"],
+                                                  paired["probability_other"])["p_value"]
+        if results.has_task(experiment, "segmentation") and results.has_task(reference, "segmentation"):
+            paired = paired_scans(results, reference, experiment)
+            if len(paired) >= 2:
+                row["dice_p_wilcoxon"] = wilcoxon_signed_rank(paired["dice_reference"], paired["dice_other"])
+    return row
+
+
+def paired_predictions(results: Results, reference: str, other: str) -> pd.DataFrame:
+    """Patients predicted by both: ``patient_id, label, probability_reference, probability_other``."""
+    a = _pooled(results, reference)[["patient_id", "label", "probability"]]
+    b = _pooled(results, other)[["patient_id", "label", "probability"]]
+    merged = a.merge(b, on="patient_id", suffixes=("_reference", "_other"))
+    conflict = merged["label_reference"] != merged["label_other"]
+    if conflict.any():
+        raise ValueError(f"patient {merged.loc[conflict, 'patient_id'].iloc[0]!r} has label "
+                         f"{merged.loc[conflict, 'label_reference'].iloc[0]} in {reference!r} but "
+                         f"{merged.loc[conflict, 'label_other'].iloc[0]} in {other!r}")
+    if len(merged) < max(len(a), len(b)):
+        log.warning("%s vs %s: %d of %d/%d patients in common; the paired test uses those", reference, other,
+                    len(merged), len(a), len(b))
+    return merged.rename(columns={"label_reference": "label"}).drop(columns="label_other").sort_values("patient_id",
+                                                                                                       ignore_index=True)
+
+
+def paired_scans(results: Results, reference: str, other: str) -> pd.DataFrame:
+    """Scans segmented by both, matched on patient_id + timepoint: ``..., dice_reference, dice_other``."""
+    a = _scans(results, reference)[["patient_id", "timepoint", "dice"]]
+    b = _scans(results, other)[["patient_id", "timepoint", "dice"]]
+    merged = a.merge(b, on=["patient_id", "timepoint"], suffixes=("_reference", "_other"))
+    if len(merged) < max(len(a), len(b)):
+        log.warning("%s vs %s: %d of %d/%d scans in common; the paired test uses those", reference, other,
+                    len(merged), len(a), len(b))
+    return merged.sort_values(["patient_id", "timepoint"], ignore_index=True)
+
+
+def _mark_best(frame: pd.DataFrame) -> None:
+    for column in COLUMNS:
+        means = frame[f"{column.key}_mean"].astype(float)
+        finite = means[np.isfinite(means)]
+        best = finite.max() if column.higher_is_better else finite.min()
+        frame[f"{column.key}_best"] = np.isfinite(means) & np.isclose(means, best) if len(finite) else False
+
+
+def _paper_order(results: Results, names: list[str]) -> list[str]:
+    def key(name: str) -> tuple[int, int]:
+        row = results.experiments.at[name, "table_row"]
+        return (ROW_ORDER.index(row), 0) if row in ROW_ORDER else (len(ROW_ORDER), names.index(name))
+
+    return sorted(names, key=key)
+
+
+def _cohort_note(results: Results) -> str:
+    parts = []
+    for cohort in results.cohorts:
+        if not cohort.get("name"):
+            parts.append(f"{cohort.get('runs_dir', '?')} (no cohort.json)")
+            continue
+        detail = ", ".join(str(x) for x in (cohort.get("note"), f"{cohort['patients']} patients" if "patients" in cohort
+                                            else None, f"{cohort['malignant']} malignant" if "malignant" in cohort else None)
+                           if x)
+        parts.append(f"{cohort['name']} ({detail})" if detail else str(cohort["name"]))
+    n_folds = sorted(set(results.fold_metrics["fold"].groupby(results.fold_metrics["experiment"]).size()))
+    folds = "/".join(str(n) for n in n_folds)
+    return f"Measured on {'; '.join(dict.fromkeys(parts))}; {folds}-fold cross-validation, out-of-fold test patients."
+
+
+def table_notes(results: Results, names: list[str], reference: str, n_resamples: int, seed: int,
+                marks: dict[str, str], with_published: bool, oracle_shown: bool) -> tuple[str, ...]:
+    """The footnote lines of a results table (cohort, units, CIs, averaging, convention, tests, rows)."""
+    classification = [n for n in names if results.has_task(n, "classification")]
+    segmentation = [n for n in names if results.has_task(n, "segmentation")]
+    notes = [_cohort_note(results),
+             "Cells: mean ± std over folds (percent for Dice, Jaccard, Acc, Pre, Rec, Spec, F1, AUC; mm for HD95 and "
+             f"ASD); brackets: 95% percentile bootstrap CI ({n_resamples} resamples, seed {seed}) over patients of the "
+             "pooled out-of-fold predictions (classification) and of the per-scan values grouped by patient "
+             "(segmentation). '-': the method does not do that task."]
+    if classification:
+        averages = _settings(results, classification, "average")
+        thresholds = _settings(results, classification, "threshold")
+        average_text = " / ".join("binary (malignant class; specificity = benign recall)" if a == "binary" else
+                                  "support-weighted over both classes" if a == "weighted" else str(a) for a in averages)
+        notes.append(f"Precision, recall, specificity and F1 are {average_text}, at a probability threshold of "
+                     f"{' / '.join(f'{t:g}' for t in thresholds)}; AUC is threshold-free.")
+    if segmentation:
+        conventions = _settings(results, segmentation, "convention")
+        notes.append("Surface distances: " + "; ".join(CONVENTION_TEXT.get(c, f"{c} convention") for c in conventions)
+                     + "; per scan, in mm, then averaged.")
+    notes.append("Best value per column in bold (lower is better for HD95 and ASD).")
+    if reference in names or reference in results.experiments.index:
+        notes.append(f"Paired comparison with {_method_name(results, reference)} on the same patients: DeLong test on "
+                     "AUC, Wilcoxon signed-rank test on per-scan Dice (paired on patient and time point); "
+                     "* p < 0.05, ** p < 0.01, *** p < 0.001 (p-values in the CSV).")
+    if oracle_shown:
+        subsets = ", ".join(f"{k} {100 * v:.1f}" for k, v in results.oracle.items())
+        notes.append(f"Oracle ceiling: AUC of the known generating risk (oracle.json: {subsets}).")
+    if with_published:
+        notes.append(f"Rows '{PUBLISHED_LABEL}': {PUBLISHED_SOURCE}; another cohort, shown for reference only.")
+    for name, mark in marks.items():
+        notes.append(f"[{mark}] {_method_name(results, name)}: {results.experiments.at[name, 'footnote']}")
+    return tuple(notes)
+
+
+def _method_name(results: Results, experiment: str) -> str:
+    row = results.experiments.at[experiment, "table_row"] if experiment in results.experiments.index else None
+    return row if isinstance(row, str) and row else experiment
+
+
+def build_results_table(results: Results, names: Sequence[str], title: str, reference: str = "mstnet",
+                        n_resamples: int = 1000, seed: int = 0, with_published: bool = False,
+                        with_oracle: bool = True, confidence: float = 0.95) -> ResultsTable:
+    """Measure ``names`` (experiment names) into a :class:`ResultsTable` (see the module docstring)."""
+    names = list(names)
+    if reference not in results.experiments.index:
+        log.warning("reference experiment %r is not in the results; no paired comparisons", reference)
+    rows = [measure_row(results, name, reference if reference in results.experiments.index else None,
+                        n_resamples, seed, confidence) for name in names]
+    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["experiment"])
+    marks: dict[str, str] = {}
+    for name in names:
+        if results.experiments.at[name, "footnote"]:
+            marks[name] = ROW_MARKS[len(marks) % len(ROW_MARKS)]
+    frame.insert(1, "method", [_method_name(results, n) for n in names])
+    frame.insert(2, "group", [results.experiments.at[n, "group"] for n in names])
+    frame.insert(3, "mark", [marks.get(n, "") for n in names])
+    frame.insert(4, "is_reference", [n == reference for n in names])
+    _mark_best(frame)
+    oracle_auc = results.oracle.get("everything") if with_oracle else None
+    published = published_rows(results.published) if with_published else None
+    notes = table_notes(results, names, reference, n_resamples, seed, marks, with_published, oracle_auc is not None)
+    return ResultsTable(title, frame, notes, oracle_auc, published, reference)
+
+
+def paper_table(results: Results, reference: str = "mstnet", n_resamples: int = 1000, seed: int = 0,
+                with_published: bool = False) -> ResultsTable | None:
+    """Table 1: every experiment with a ``table_row``, in the paper's row order; None when there is none."""
+    names = [n for n in results.experiments.index if results.experiments.at[n, "table_row"]]
+    if not names and not with_published:
+        return None
+    return build_results_table(results, _paper_order(results, names), "Segmentation and malignancy prediction "
+                               "(Table 1 rows)", reference, n_resamples, seed, with_published)
+
+
+def reference_table(results: Results, reference: str = "mstnet", n_resamples: int = 1000,
+                    seed: int = 0) -> ResultsTable | None:
+    """The reference rows: experiments outside Table 1 and the ablations; None when there is none."""
+    names = [n for n in results.experiments.index
+             if not results.experiments.at[n, "table_row"] and results.experiments.at[n, "group"] != "ablation"]
+    if not names:
+        return None
+    if reference in results.experiments.index and reference not in names:
+        names = [reference, *names]
+    return build_results_table(results, names, "Reference methods", reference, n_resamples, seed, with_oracle=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering of results tables
+
+
+def _cell_parts(row: pd.Series, column: MetricColumn) -> tuple[str, str] | None:
+    mean = row[f"{column.key}_mean"]
+    if not np.isfinite(mean):
+        return None
+    scale = column.scale()
+    std = row[f"{column.key}_std"]
+    main = f"{scale * mean:.2f} ± {scale * std:.2f}" if np.isfinite(std) else f"{scale * mean:.2f}"
+    low, high = row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"]
+    ci = f"[{scale * low:.1f}, {scale * high:.1f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return main, ci
+
+
+def _row_stars(row: pd.Series, column: MetricColumn) -> str:
+    test = PAIRED_TESTS.get(column.key)
+    return stars(row[test]) if test and test in row.index else ""
+
+
+def _published_value(value: float | None) -> str:
+    return MISSING if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+@dataclass(frozen=True)
+class _DisplayRow:
+    """A rendered row: method name, footnote mark, kind and per column (main, ci, stars, bold)."""
+
+    method: str
+    mark: str
+    kind: str  # "measured", "published", "oracle"
+    cells: tuple[tuple[str, str, str, bool], ...] = field(default_factory=tuple)
+
+
+def _display_rows(table: ResultsTable) -> list[_DisplayRow]:
+    measured: dict[str, _DisplayRow] = {}
+    order: list[str] = []
+    for _, row in table.frame.iterrows():
+        cells = []
+        for column in COLUMNS:
+            parts = _cell_parts(row, column)
+            if parts is None:
+                cells.append((MISSING, "", "", False))
+            else:
+                cells.append((parts[0], parts[1], _row_stars(row, column), bool(row[f"{column.key}_best"])))
+        measured[row["method"]] = _DisplayRow(row["method"], row["mark"], "measured", tuple(cells))
+        order.append(row["method"])
+    rows: list[_DisplayRow] = []
+    if table.published is not None:
+        published_names = list(table.published)
+        for name in [*published_names, *[m for m in order if m not in published_names]]:
+            if name in measured:
+                rows.append(measured[name])
+            if name in table.published:
+                values = table.published[name]
+                rows.append(_DisplayRow(f"{name}, {PUBLISHED_LABEL}", "", "published", tuple(
+                    (_published_value(values.get(c.key)), "", "", False) for c in COLUMNS)))
+    else:
+        rows = [measured[name] for name in order]
+    if table.oracle_auc is not None:
+        rows.append(_DisplayRow("Oracle ceiling (known risk)", "", "oracle", tuple(
+            (f"{100 * table.oracle_auc:.2f}", "", "", False) if c.key == "auc" else (MISSING, "", "", False)
+            for c in COLUMNS)))
+    return rows
+
+
+def _header_label(column: MetricColumn) -> str:
+    return f"{column.label} ({column.unit})"
+
+
+def results_table_markdown(table: ResultsTable) -> str:
+    """GitHub Markdown: bold best values, stars, the CI in brackets after the cell, footnotes below."""
+    lines = [f"**{table.title}**", "", "| Method | " + " | ".join(_header_label(c) for c in COLUMNS) + " |",
+             "| --- | " + " | ".join("---" for _ in COLUMNS) + " |"]
+    for row in _display_rows(table):
+        name = f"{row.method} [{row.mark}]" if row.mark else row.method
+        if row.kind != "measured":
+            name = f"*{name}*"
+        cells = []
+        for main, ci, star, bold in row.cells:
+            text = f"**{main}**" if bold else main
+            cells.append(f"{text}{star} {ci}".strip() if ci else f"{text}{star}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {note}" for note in table.notes]]
+    return "\n".join(lines) + "\n"
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                  "≥": r"$\geq$", "≤": r"$\leq$", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (and ±, ≥, ≤ as math)."""
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def results_table_latex(table: ResultsTable) -> str:
+    """A booktabs ``table`` with one ``tabular``; best values bold, stars as superscripts, notes below."""
+    spec = "l" + "c" * len(COLUMNS)
+    header = "Method & " + " & ".join(latex_escape(_header_label(c)) for c in COLUMNS) + r" \\"
+    body = []
+    previous_kind = "measured"
+    for row in _display_rows(table):
+        if row.kind == "oracle" and previous_kind != "oracle":
+            body.append(r"\midrule")
+        previous_kind = row.kind
+        name = latex_escape(row.method) + (f"$^{{{row.mark}}}$" if row.mark else "")
+        if row.kind != "measured":
+            name = rf"\textit{{{name}}}"
+        cells = []
+        for main, _, star, bold in row.cells:
+            text = r"\textbf{" + latex_escape(main) + "}" if bold else latex_escape(main)
+            cells.append(text + (f"$^{{{star}}}$" if star else ""))
+        body.append(name + " & " + " & ".join(cells) + r" \\")
+    notes = " ".join(latex_escape(note) for note in table.notes)
+    return "\n".join([
+        r"% requires \usepackage{booktabs}",
+        r"\begin{table}[t]", r"\centering", r"\scriptsize", rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\begin{{tabular}}{{{spec}}}", r"\toprule", header, r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+        r"\par\smallskip\parbox{\linewidth}{\tiny " + notes + "}", r"\end{table}", ""])
+
+
+def results_table_html(table: ResultsTable) -> str:
+    """An HTML ``<table>`` (class ``results``) with the CI on a second line and the notes below."""
+    head = "".join(f"<th>{html.escape(_header_label(c))}</th>" for c in COLUMNS)
+    body = []
+    for row in _display_rows(table):
+        name = html.escape(row.method) + (f"<sup>{row.mark}</sup>" if row.mark else "")
+        cells = []
+        for main, ci, star, bold in row.cells:
+            text = html.escape(main)
+            text = f"<strong>{text}</strong>" if bold else text
+            text += f"<sup class=\"stars\">{star}</sup>" if star else ""
+            text += f"<br><span class=\"ci\">{html.escape(ci)}</span>" if ci else ""
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr class=\"{row.kind}\"><th scope=\"row\">{name}</th>{''.join(cells)}</tr>")
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in table.notes)
+    return (f"<table class=\"results\"><caption>{html.escape(table.title)}</caption>"
+            f"<thead><tr><th>Method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<ul class=\"notes\">{notes}</ul>")
+
+
+def results_table_csv(table: ResultsTable) -> str:
+    """The measured rows with raw numbers (fractions, mm), p-values, best flags; plus published/oracle rows."""
+    frame = table.frame.copy()
+    frame.insert(0, "source", "measured")
+    extra = []
+    if table.published is not None:
+        for name, values in table.published.items():
+            record = {"source": PUBLISHED_LABEL, "method": name}
+            for column in COLUMNS:
+                value = values.get(column.key)
+                record[f"{column.key}_mean"] = math.nan if value is None else value / column.scale()
+            extra.append(record)
+    if table.oracle_auc is not None:
+        extra.append({"source": "oracle", "method": "Oracle ceiling (known risk)", "auc_mean": table.oracle_auc})
+    if extra:
+        frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
+    for count in ("n_folds", "n_patients", "n_scans"):
+        frame[count] = frame[count].astype("Int64")
+    return frame.to_csv(index=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ablation table
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    """Ablation variants against the reference.
+
+    Attributes:
+        frame: one row per variant: ``experiment``, ``description``, ``information``,
+            ``oracle_auc``, ``n_patients``, ``n_scans``; per metric of :data:`ABLATION_METRICS`:
+            ``<m>_reference``, ``<m>_variant``, ``<m>_diff`` (variant - reference, pooled, on
+            the paired patients/scans), ``<m>_ci_low``, ``<m>_ci_high``, ``<m>_p``.
+        reference: the reference experiment.
+        notes: footnote lines.
+    """
+
+    frame: pd.DataFrame
+    reference: str
+    notes: tuple[str, ...] = ()
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of paired correct/incorrect outcomes (binomial on discordant pairs)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided paired-bootstrap p-value of H0: difference = 0, ``min(1, 2 min(P(d <= 0), P(d >= 0)))``."""
+    finite = np.asarray(differences, float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return math.nan
+    return float(min(1.0, 2.0 * min((finite <= 0).mean(), (finite >= 0).mean())))
+
+
+def ablation_row(results: Results, reference: str, variant: str, n_resamples: int, seed: int,
+                 confidence: float = 0.95) -> dict:
+    """Paired differences variant - reference for AUC, accuracy, F1 (patients) and Dice (scans)."""
+    meta = results.experiments.loc[variant]
+    row: dict = {"experiment": variant, "description": meta["description"], "information": meta["information"],
+                 "oracle_auc": results.oracle.get(meta["information"], math.nan), "n_patients": 0, "n_scans": 0}
+    for metric in ABLATION_METRICS:
+        row.update({f"{metric}_{part}": math.nan for part in ("reference", "variant", "diff", "ci_low", "ci_high", "p")})
+    if results.has_task(variant, "classification") and results.has_task(reference, "classification"):
+        paired = paired_predictions(results, reference, variant)
+        threshold, average = _classification_setting(results, reference)
+        labels = paired["label"].to_numpy()
+        reference_prob, variant_prob = paired["probability_reference"].to_numpy(), paired["probability_other"].to_numpy()
+        identity = np.arange(len(paired))[None, :]
+        draws = patient_draws(len(paired), n_resamples, seed)
+        point_ref = classification_metric_samples(labels, reference_prob, identity, threshold, average)
+        point_var = classification_metric_samples(labels, variant_prob, identity, threshold, average)
+        samples_ref = classification_metric_samples(labels, reference_prob, draws, threshold, average)
+        samples_var = classification_metric_samples(labels, variant_prob, draws, threshold, average)
+        row["n_patients"] = len(paired)
+        for metric in ("auc", "accuracy", "f1"):
+            row[f"{metric}_reference"], row[f"{metric}_variant"] = float(point_ref[metric][0]), float(point_var[metric][0])
+            row[f"{metric}_diff"] = row[f"{metric}_variant"] - row[f"{metric}_reference"]
+            differences = samples_var[metric] - samples_ref[metric]
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(differences, confidence)
+            if metric == "auc":
+                row["auc_p"] = delong_test(labels, reference_prob, variant_prob)["p_value"]
+            elif metric == "accuracy":
+                row["accuracy_p"] = mcnemar_exact((reference_prob >= threshold) == labels.astype(bool),
+                                                  (variant_prob >= threshold) == labels.astype(bool))
+            else:
+                row["f1_p"] = bootstrap_p_value(differences)
+    if results.has_task(variant, "segmentation") and results.has_task(reference, "segmentation"):
+        paired = paired_scans(results, reference, variant)
+        if len(paired):
+            row["n_scans"] = len(paired)
+            row["dice_reference"], row["dice_variant"] = float(paired["dice_reference"].mean()), float(paired["dice_other"].mean())
+            row["dice_diff"] = row["dice_variant"] - row["dice_reference"]
+            group_codes, _ = pd.factorize(paired["patient_id"])
+            differences = (paired["dice_other"] - paired["dice_reference"]).to_numpy(float)
+            sums = np.bincount(group_codes, weights=differences)
+            counts = np.bincount(group_codes).astype(float)
+            draws = patient_draws(sums.size, n_resamples, seed)
+            row["dice_ci_low"], row["dice_ci_high"] = percentile_interval(
+                sums[draws].sum(axis=1) / counts[draws].sum(axis=1), confidence)
+            row["dice_p"] = wilcoxon_signed_rank(paired["dice_reference"], paired["dice_other"])
+    return row
+
+
+def ablation_table(results: Results, reference: str = "mstnet", n_resamples: int = 1000,
+                   seed: int = 0, confidence: float = 0.95) -> AblationTable | None:
+    """Every ``group == "ablation"`` experiment against ``reference``; None without ablations or reference."""
+    variants = results.names(group="ablation")
+    if not variants:
+        return None
+    if reference not in results.experiments.index:
+        log.warning("ablations found but the reference experiment %r is not in the results; no ablation table",
+                    reference)
+        return None
+    rows = [ablation_row(results, reference, v, n_resamples, seed, confidence) for v in variants]
+    oracle_reference = results.oracle.get(results.experiments.at[reference, "information"])
+    notes = (
+        f"Differences are variant minus {_method_name(results, reference)} in percentage points, pooled over the "
+        "out-of-fold test patients both have (Dice: over the scans both segmented), with 95% paired bootstrap "
+        f"intervals ({n_resamples} resamples over patients, seed {seed}).",
+        "Paired p-values: " + ", ".join(f"{COLUMN_BY_KEY[m].label} {t}" for m, t in ABLATION_TESTS.items())
+        + "; * p < 0.05, ** p < 0.01, *** p < 0.001.",
+        "Oracle AUC: the ceiling of the information the variant sees (oracle.json key in brackets)"
+        + (f"; the full model's information: {100 * oracle_reference:.1f}." if oracle_reference is not None else "."),
+    )
+    return AblationTable(pd.DataFrame(rows), reference, notes)
+
+
+def _difference_cell(row: pd.Series, metric: str) -> tuple[str, str, str] | None:
+    diff = row[f"{metric}_diff"]
+    if not np.isfinite(diff):
+        return None
+    low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    ci = f"[{100 * low:+.1f}, {100 * high:+.1f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"{100 * diff:+.2f}", ci, stars(row[f"{metric}_p"])
+
+
+def _oracle_text(row: pd.Series) -> str:
+    value = row["oracle_auc"]
+    return f"{100 * value:.1f} ({row['information']})" if np.isfinite(value) else f"{MISSING} ({row['information']})"
+
+
+def ablation_markdown(table: AblationTable) -> str:
+    """The ablation table as GitHub Markdown."""
+    header = ["Variant", *[f"Δ{COLUMN_BY_KEY[m].label} (pp)" for m in ABLATION_METRICS], "Oracle AUC"]
+    lines = [f"**Ablations against {table.reference}**", "", "| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    for _, row in table.frame.iterrows():
+        cells = []
+        for metric in ABLATION_METRICS:
+            parts = _difference_cell(row, metric)
+            cells.append(MISSING if parts is None else f"{parts[0]}{parts[2]} {parts[1]}".strip())
+        lines.append(f"| {row['experiment']} | " + " | ".join(cells) + f" | {_oracle_text(row)} |")
+    lines += ["", *[f"- {note}" for note in table.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_latex(table: AblationTable) -> str:
+    """The ablation table as a booktabs LaTeX ``table``."""
+    n_columns = 2 + len(ABLATION_METRICS)
+    header = "Variant & " + " & ".join(f"$\\Delta${COLUMN_BY_KEY[m].label} (pp)" for m in ABLATION_METRICS) + r" & Oracle AUC \\"
+    body = []
+    for _, row in table.frame.iterrows():
+        cells = []
+        for metric in ABLATION_METRICS:
+            parts = _difference_cell(row, metric)
+            cells.append(MISSING if parts is None else latex_escape(f"{parts[0]} {parts[1]}".strip())
+                         + (f"$^{{{parts[2]}}}$" if parts[2] else ""))
+        body.append(latex_escape(row["experiment"]) + " & " + " & ".join(cells) + " & "
+                    + latex_escape(_oracle_text(row)) + r" \\")
+    return "\n".join([
+        r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\scriptsize",
+        rf"\caption{{Ablations against {latex_escape(table.reference)}}}", rf"\begin{{tabular}}{{l{'c' * (n_columns - 1)}}}",
+        r"\toprule", header, r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+        r"\par\smallskip\parbox{\linewidth}{\tiny " + " ".join(latex_escape(n) for n in table.notes) + "}",
+        r"\end{table}", ""])
+
+
+def ablation_html(table: AblationTable) -> str:
+    """The ablation table as HTML (class ``results``)."""
+    head = "".join(f"<th>&Delta;{html.escape(COLUMN_BY_KEY[m].label)} (pp)</th>" for m in ABLATION_METRICS)
+    body = []
+    for _, row in table.frame.iterrows():
+        cells = []
+        for metric in ABLATION_METRICS:
+            parts = _difference_cell(row, metric)
+            if parts is None:
+                cells.append(f"<td>{MISSING}</td>")
+                continue
+            star = f"<sup class=\"stars\">{parts[2]}</sup>" if parts[2] else ""
+            ci = f"<br><span class=\"ci\">{html.escape(parts[1])}</span>" if parts[1] else ""
+            cells.append(f"<td>{html.escape(parts[0])}{star}{ci}</td>")
+        body.append(f"<tr><th scope=\"row\" title=\"{html.escape(str(row['description']))}\">"
+                    f"{html.escape(row['experiment'])}</th>{''.join(cells)}<td>{html.escape(_oracle_text(row))}</td></tr>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+    return (f"<table class=\"results\"><caption>Ablations against {html.escape(table.reference)}</caption>"
+            f"<thead><tr><th>Variant</th>{head}<th>Oracle AUC</th></tr></thead><tbody>{''.join(body)}</tbody>"
+            f"</table><ul class=\"notes\">{notes}</ul>")
+
+
+def ablation_csv(table: AblationTable) -> str:
+    """The ablation frame with raw numbers (fractions) and p-values."""
+    return table.frame.to_csv(index=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest-benchmark performance table
+
+
+def benchmark_frame(paths: Sequence[Path]) -> pd.DataFrame:
+    """name, mean_s, stddev_s, ops (1/s), rounds, file, from pytest-benchmark JSON files."""
+    rows = []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        for bench in payload.get("benchmarks", []):
+            statistics = bench.get("stats", {})
+            rows.append({"name": bench.get("fullname") or bench.get("name"), "mean_s": statistics.get("mean"),
+                         "stddev_s": statistics.get("stddev"), "ops": statistics.get("ops"),
+                         "rounds": statistics.get("rounds"), "file": Path(path).name})
+    return pd.DataFrame(rows, columns=["name", "mean_s", "stddev_s", "ops", "rounds", "file"])
+
+
+def benchmark_markdown(frame: pd.DataFrame) -> str:
+    """The performance table as Markdown (mean and stddev in ms)."""
+    lines = ["| Benchmark | mean (ms) | stddev (ms) | ops/s | rounds |", "| --- | --- | --- | --- | --- |"]
+    for _, row in frame.iterrows():
+        lines.append(f"| {row['name']} | {1000 * row['mean_s']:.3f} | {1000 * row['stddev_s']:.3f} | "
+                     f"{row['ops']:.1f} | {row['rounds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_html(frame: pd.DataFrame) -> str:
+    """The performance table as HTML."""
+    body = "".join(f"<tr><th scope=\"row\">{html.escape(str(r['name']))}</th><td>{1000 * r['mean_s']:.3f}</td>"
+                   f"<td>{1000 * r['stddev_s']:.3f}</td><td>{r['ops']:.1f}</td><td>{r['rounds']}</td></tr>"
+                   for _, r in frame.iterrows())
+    return ("<table class=\"results\"><caption>Performance (pytest-benchmark)</caption><thead><tr><th>Benchmark</th>"
+            "<th>mean (ms)</th><th>stddev (ms)</th><th>ops/s</th><th>rounds</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
