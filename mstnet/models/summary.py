@@ -68,7 +68,9 @@ def parameter_table(model: MSTNet) -> dict[str, int]:
 
 def forward_flops(model: MSTNet, batch: int = 1) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass (eval mode, ``batch`` patients, all time points), total and
-    per top-level module. Runs on whatever device the model is on (meta costs nothing)."""
+    per top-level module: the FLOPs spent inside that module's forward (STDM runs inside the
+    decoder's forward, so its FLOPs appear under both). Runs on whatever device the model is
+    on (meta costs nothing)."""
     config = model.config
     device = next(model.parameters()).device
     images = torch.zeros(batch, config.num_timepoints, 1, *config.image_size, device=device)
