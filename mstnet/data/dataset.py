@@ -144,6 +144,12 @@ class PatientDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_augmentation_seed(self, seed: int) -> None:
+        """Reseed the augmentation's random draws; the harness does this every epoch, so a
+        resumed run draws exactly what an uninterrupted one would."""
+        if self.augmentation is not None:
+            self.augmentation.set_random_state(seed=seed)
+
     def _read_and_preprocess(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
         volume = read_volume(scan.image)
         mask = None

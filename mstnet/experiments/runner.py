@@ -34,6 +34,7 @@ from mstnet.experiments.presets import RunPreset
 from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe
 from mstnet.experiments.splits import Fold, Splits
 from mstnet.experiments.training import (
+    DistributedModel,
     EpochCallback,
     fit,
     foreground_probability,
@@ -272,7 +273,7 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
         _write_json(fold_dir / "config.json", config)
     trained = model
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        trained = DistributedModel(model)
 
     def train_loader(seed: int):
         if hasattr(data.train, "set_augmentation_seed"):

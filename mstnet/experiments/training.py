@@ -154,8 +154,40 @@ def malignancy_probability(cls_logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(cls_logits.float(), dim=1)[:, 1]
 
 
+class _TupleOutputs(nn.Module):
+    """Returns (seg_logits, cls_logits) so DistributedDataParallel can find the output tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        output = self.model(*args, **kwargs)
+        return output.seg_logits, output.cls_logits
+
+
+class DistributedModel(nn.Module):
+    """A model under DistributedDataParallel that still returns :class:`ModelOutput`.
+
+    Parameters a stage does not use (the classifier while segmentation trains, the frozen
+    segmentation network afterwards) are allowed: ``find_unused_parameters=True``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.parallel = nn.parallel.DistributedDataParallel(_TupleOutputs(model), find_unused_parameters=True)
+
+    @property
+    def core(self) -> nn.Module:
+        return self.parallel.module.model
+
+    def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
+        seg_logits, cls_logits = self.parallel(*args, **kwargs)
+        return ModelOutput(seg_logits=seg_logits, cls_logits=cls_logits)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return model.core if isinstance(model, DistributedModel) else model
 
 
 def _trainable_parameters(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
@@ -231,7 +263,7 @@ def fit(
 
     Args:
         model: returns :class:`ModelOutput` from ``(images [B, T, 1, D, H, W], clinical..., days)``;
-            may be wrapped in DistributedDataParallel.
+            may be wrapped in :class:`DistributedModel`.
         make_train_loader: ``seed -> iterable of batch dicts``; called once per epoch with a
             seed derived from (recipe seed, stage, epoch), so the order and augmentation of an
             epoch are reproducible.
