@@ -1,0 +1,91 @@
+"""``mstnet data synth``, ``mstnet data preview`` and ``mstnet data oracle``: the embedded synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def parse_settings(items: list[str] | None) -> dict[str, str]:
+    """``["growth.malignant_vdt_sigma=0.7", "shape=[16,64,64]"]`` -> ``{key: raw value}`` (typed by the config)."""
+    settings: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set takes key=value (dotted keys for nested parameters); got {item!r}")
+        key, value = item.split("=", 1)
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    data = groups["data"]
+
+    @data.command("synth")
+    def synth(
+        out: Path = typer.Option(..., help="cohort folder to create"),
+        preset: str = typer.Option("cpu", help="tiny | cpu | paper"),
+        seed: int = typer.Option(0, help="master seed"),
+        patients: int | None = typer.Option(None, help="number of patients (default: the preset's)"),
+        malignant_fraction: float | None = typer.Option(None, help="expected share of malignant patients"),
+        workers: int | None = typer.Option(None, help="processes (default: CPU count); results do not depend on it"),
+        set_: list[str] = typer.Option(None, "--set", help="any parameter, key=value (dotted keys for nested ones)"),
+    ) -> None:
+        """Generate a synthetic longitudinal cohort with known ground truth (not NLST)."""
+        from mstnet.synth import synth_config, synthesize_cohort
+
+        overrides: dict[str, object] = dict(parse_settings(set_))
+        overrides["seed"] = seed
+        if patients is not None:
+            overrides["n_patients"] = patients
+        if malignant_fraction is not None:
+            overrides["malignant_fraction"] = malignant_fraction
+        try:
+            config = synth_config(preset, **overrides)
+        except (KeyError, ValueError) as error:
+            raise typer.BadParameter(str(error)) from None
+        folder = synthesize_cohort(config, out, workers=workers)
+        auc = json.loads((folder / "oracle.json").read_text())["auc"]
+        console.print(f"cohort: {folder} ({config.n_patients} patients x {config.n_timepoints} time points)")
+        console.print("oracle AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in auc.items() if v is not None))
+
+    @data.command("preview")
+    def preview(
+        folder: Path = typer.Argument(..., help="cohort folder (manifest.csv)"),
+        out: Path | None = typer.Option(None, help="PNG path (default: FOLDER/preview.png)"),
+        patients: int = typer.Option(6, help="patients (rows)"),
+    ) -> None:
+        """Slices through the nodule at every time point with the mask outline, one row per patient."""
+        from mstnet.synth.preview import preview_cohort
+
+        console.print(f"preview: {preview_cohort(folder, out, patients=patients)}")
+
+    @data.command("oracle")
+    def oracle(folder: Path = typer.Argument(..., help="synthetic cohort folder (ground_truth.csv, cohort.json)")) -> None:
+        """Oracle AUC ceilings of a synthetic cohort (printed and written to FOLDER/oracle.json)."""
+        import pandas as pd
+
+        from mstnet.synth.generator import SynthConfig, with_overrides
+        from mstnet.synth.oracle import oracle_report, write_oracle
+
+        truth_path, config_path = folder / "ground_truth.csv", folder / "cohort.json"
+        if not truth_path.exists() or not config_path.exists():
+            raise typer.BadParameter(f"{folder} is not a synthetic cohort: ground_truth.csv and cohort.json are needed")
+        stored = json.loads(config_path.read_text())["config"]
+        growth = {f"growth.{k}": v for k, v in stored["growth"].items()}
+        growth["growth.malignant_vdt_median_days"] = tuple(tuple(pair) for pair in stored["growth"]["malignant_vdt_median_days"])
+        config = with_overrides(SynthConfig(), {**growth, "include_spiculation": stored["include_spiculation"]})
+        report = oracle_report(pd.read_csv(truth_path), config.growth, config.include_spiculation)
+        path = write_oracle(folder, report)
+        table = Table(title=f"Oracle AUC ({report['patients']} patients, {report['malignant']} malignant)")
+        table.add_column("information")
+        table.add_column("AUC", justify="right")
+        for key, value in report["auc"].items():
+            table.add_row(key, "-" if value is None else f"{value:.3f}")
+        console.print(table)
+        console.print(f"written: {path}")
