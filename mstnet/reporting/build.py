@@ -1,0 +1,171 @@
+"""Build a whole report folder from one or several RUNS_DIRs: tables, figures and ``index.html``.
+
+Files written into ``out_dir`` (only those the results allow):
+
+- ``paper_table.{md,csv,tex,html}``: Table 1 rows (experiments with a ``table_row``);
+- ``reference_table.{md,csv,tex,html}``: the other non-ablation experiments, with the reference;
+- ``ablation_table.{md,csv,tex,html}``: ``group == "ablation"`` against the reference;
+- ``performance.{md,csv,html}``: pytest-benchmark results found in the RUNS_DIRs or given;
+- ``experiments.csv``: one row per experiment (group, tasks, folds, summed wall time);
+- ``figures/*.png`` and ``figures/*.pdf`` (see :mod:`mstnet.reporting.figures`);
+- ``index.html`` linking all of them.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mstnet.reporting import figures as report_figures
+from mstnet.reporting import tables
+from mstnet.reporting.html import STYLE, Section, frame_table, key_value_table, render_index
+from mstnet.reporting.results import Results, is_benchmark_json, load_many
+
+log = logging.getLogger(__name__)
+
+FIGURE_FOLDER = "figures"
+WIDE_SECTIONS = {"Segmentation gallery", "Training curves", "Ablations", "Per-fold Dice and HD95"}
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_results_table(table: tables.ResultsTable, out_dir: Path, stem: str) -> tuple[str, list[Path]]:
+    files = [write_text_atomic(out_dir / f"{stem}.md", tables.results_table_markdown(table)),
+             write_text_atomic(out_dir / f"{stem}.csv", tables.results_table_csv(table)),
+             write_text_atomic(out_dir / f"{stem}.tex", tables.results_table_latex(table))]
+    body = tables.results_table_html(table)
+    files.append(write_text_atomic(out_dir / f"{stem}.html", _standalone(table.title, body)))
+    return body, files
+
+
+def _standalone(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def experiments_frame(results: Results) -> pd.DataFrame:
+    """One row per experiment: name, group, table_row, tasks, information, folds, wall_s, description."""
+    rows = []
+    for name, meta in results.experiments.iterrows():
+        runs = results.runs[results.runs["experiment"] == name] if "experiment" in results.runs else pd.DataFrame()
+        wall = float(runs["wall_s"].sum()) if "wall_s" in runs and len(runs) else np.nan
+        rows.append({"experiment": name, "group": meta["group"], "table_row": meta["table_row"],
+                     "tasks": "+".join(meta["tasks"]), "information": meta["information"],
+                     "folds": int((results.fold_metrics["experiment"] == name).sum()), "wall_s": wall,
+                     "description": meta["description"], "runs_dir": str(meta["runs_dir"])})
+    return pd.DataFrame(rows)
+
+
+def _meta_lines(results: Results) -> list[str]:
+    lines = [f"Results: {', '.join(str(d) for d in results.runs_dirs)}"]
+    for cohort in results.cohorts:
+        if cohort.get("name"):
+            detail = ", ".join(f"{k} {cohort[k]}" for k in ("patients", "malignant", "preset") if k in cohort)
+            lines.append(f"Cohort {cohort['name']}: {cohort.get('note', '')} ({detail}); splits "
+                         f"{str(cohort.get('splits_hash', '?'))[:12]}")
+    lines.append(f"{len(results.experiments)} experiments, "
+                 f"{len(results.fold_metrics)} folds. Tables: fractions as percent, distances in mm.")
+    return lines
+
+
+def build_report(
+    runs_dirs: Sequence[str | Path] | str | Path,
+    out_dir: str | Path,
+    with_published: bool = False,
+    reference: str = "mstnet",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    benchmark_files: Sequence[str | Path] = (),
+    title: str = "MST-Net benchmark report",
+) -> Path:
+    """Read ``runs_dirs`` and write the report into ``out_dir``; returns the path of ``index.html``.
+
+    Args:
+        runs_dirs: one RUNS_DIR or several (merged; experiment names must be distinct).
+        out_dir: report folder (created).
+        with_published: show Table 1's published NLST numbers beside the measured rows.
+        reference: experiment every other one is compared with (paired tests, ablations).
+            Defaults to ``"mstnet"``.
+        n_resamples: bootstrap resamples for every interval and ROC band. Defaults to 1000.
+        seed: seed of every bootstrap. Defaults to 0.
+        benchmark_files: pytest-benchmark JSON files to add to those found in the RUNS_DIRs
+            (``benchmark*.json``, ``benchmarks/**/*.json``, ``.benchmarks/**/*.json``) and in
+            ``out_dir``.
+        title: page title.
+    """
+    if isinstance(runs_dirs, (str, Path)):
+        runs_dirs = [runs_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure_dir = out_dir / FIGURE_FOLDER
+    results = load_many(runs_dirs)
+    log.info("report: %d experiments from %s", len(results.experiments), ", ".join(map(str, results.runs_dirs)))
+    sections: list[Section] = []
+
+    paper = tables.paper_table(results, reference, n_resamples, seed, with_published)
+    if paper is not None:
+        body, files = _write_results_table(paper, out_dir, "paper_table")
+        sections.append(Section("Table 1", body, files))
+    references = tables.reference_table(results, reference, n_resamples, seed)
+    if references is not None:
+        body, files = _write_results_table(references, out_dir, "reference_table")
+        sections.append(Section("Reference methods", body, files))
+    ablations = tables.ablation_table(results, reference, n_resamples, seed)
+    if ablations is not None:
+        body = tables.ablation_html(ablations)
+        files = [write_text_atomic(out_dir / "ablation_table.md", tables.ablation_markdown(ablations)),
+                 write_text_atomic(out_dir / "ablation_table.csv", tables.ablation_csv(ablations)),
+                 write_text_atomic(out_dir / "ablation_table.tex", tables.ablation_latex(ablations)),
+                 write_text_atomic(out_dir / "ablation_table.html", _standalone("Ablations", body))]
+        sections.append(Section("Ablation table", body, files))
+    if results.oracle:
+        sections.append(Section("Oracle ceilings", key_value_table(
+            "AUC of the known generating risk per information subset (oracle.json)",
+            [(k, f"{100 * v:.2f}") for k, v in results.oracle.items()], ("information", "AUC (%)"))))
+
+    figure_sections = report_figures.all_figures(results, figure_dir, ablations, n_resamples, seed)
+    for name, paths in figure_sections.items():
+        sections.append(Section(name, figures=report_figures.png_paths(paths), wide_figures=name in WIDE_SECTIONS))
+
+    benchmarks = sorted({*results.benchmark_files, *map(Path, benchmark_files),
+                         *(p for p in out_dir.glob("benchmark*.json") if is_benchmark_json(p))})
+    if benchmarks:
+        frame = tables.benchmark_frame(benchmarks)
+        files = [write_text_atomic(out_dir / "performance.md", tables.benchmark_markdown(frame)),
+                 write_text_atomic(out_dir / "performance.csv", frame.to_csv(index=False))]
+        body = tables.benchmark_html(frame)
+        files.append(write_text_atomic(out_dir / "performance.html", _standalone("Performance", body)))
+        sections.append(Section("Performance", body, files))
+
+    experiments = experiments_frame(results)
+    experiments_csv = write_text_atomic(out_dir / "experiments.csv", experiments.to_csv(index=False))
+    sections.append(Section("Experiments", frame_table(
+        "Experiments in this report", ["experiment", "group", "tasks", "information", "folds", "wall time (min)",
+                                       "description"],
+        [[r["experiment"], r["group"], r["tasks"], r["information"], str(r["folds"]),
+          "-" if not np.isfinite(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}", r["description"]]
+         for _, r in experiments.iterrows()]), [experiments_csv]))
+
+    index = write_text_atomic(out_dir / "index.html", render_index(title, _meta_lines(results), sections, out_dir))
+    log.info("report written: %s", index)
+    return index
