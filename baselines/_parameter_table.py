@@ -1,8 +1,8 @@
 """Parameter counts and one-step training times of every registered baseline.
 
 ``python -m baselines._parameter_table [--preset cpu] [--image-size 16 64 64] [--timepoints 2]``
-writes a Markdown table (name, group, tasks, parameters, seconds per training step on a batch
-of 4 patients) to stdout; ``baselines/README.md`` quotes its output.
+writes a Markdown table (name, group, tasks, parameters, floating-point operations and seconds
+of one training step on a batch of 4 patients; the FLOP count does not depend on machine load) to stdout; ``baselines/README.md`` quotes its output.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from baselines._common import count_parameters
 from mstnet.experiments.registry import ModelContext, list_experiments
@@ -38,6 +39,10 @@ def measure(name: str, preset: str, image_size: tuple[int, int, int], timepoints
     has_mask = torch.ones(batch, t, dtype=torch.bool)
     loss_fn = MultiTaskLoss(seg_weight=1.0 if "segmentation" in spec.tasks else 0.0,
                             cls_weight=1.0 if "classification" in spec.tasks else 0.0)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = loss_fn(model(images), masks, labels, has_mask)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
     timings = []
     for _ in range(3):
         start = time.perf_counter()
@@ -47,7 +52,8 @@ def measure(name: str, preset: str, image_size: tuple[int, int, int], timepoints
         model.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - start)
     return {"name": name, "group": spec.group, "tasks": "+".join(t[:3] for t in spec.tasks),
-            "parameters": count_parameters(model), "step_s": min(timings[1:])}
+            "parameters": count_parameters(model), "step_gflop": counter.get_total_flops() / 1e9,
+            "step_s": min(timings[1:])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [measure(spec.name, args.preset, tuple(args.image_size), args.timepoints)
             for group in BASELINE_GROUPS for spec in list_experiments(group=group)
             if spec.kind == "torch" and spec.name != "mstnet"]
-    sys.stdout.write("| experiment | group | tasks | parameters | train step (s) |\n| --- | --- | --- | ---: | ---: |\n")
+    sys.stdout.write("| experiment | group | tasks | parameters | GFLOP per train step | train step (s) |\n"
+                     "| --- | --- | --- | ---: | ---: | ---: |\n")
     for row in rows:
-        sys.stdout.write(f"| {row['name']} | {row['group']} | {row['tasks']} | {row['parameters']:,} | {row['step_s']:.2f} |\n")
+        sys.stdout.write(f"| {row['name']} | {row['group']} | {row['tasks']} | {row['parameters']:,} | {row['step_gflop']:.1f} | {row['step_s']:.2f} |\n")
 
 
 if __name__ == "__main__":
