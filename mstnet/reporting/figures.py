@@ -42,6 +42,7 @@ from matplotlib.lines import Line2D
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
+from mstnet.reporting.published import ROW_ORDER
 from mstnet.reporting.results import Results
 from mstnet.reporting.tables import (
     ABLATION_METRICS,
@@ -101,6 +102,18 @@ def method_name(results: Results, experiment: str) -> str:
     return row if row else experiment
 
 
+def display_order(results: Results) -> list[str]:
+    """Experiments in report order: Table-1 rows in the paper's order, then references, then ablations."""
+    names = list(results.experiments.index)
+
+    def key(name: str) -> tuple[int, int, int]:
+        row, group = results.experiments.at[name, "table_row"], results.experiments.at[name, "group"]
+        paper_rank = ROW_ORDER.index(row) if row in ROW_ORDER else len(ROW_ORDER)
+        return (0 if row else 2 if group == "ablation" else 1, paper_rank, names.index(name))
+
+    return sorted(names, key=key)
+
+
 def _palette(names: Sequence[str]) -> dict[str, tuple]:
     return dict(zip(names, sns.color_palette("colorblind", n_colors=max(len(names), 1))))
 
@@ -112,7 +125,7 @@ def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: i
     The band is the pointwise percentile interval of the TPR at fixed FPR over patient
     resamples; the legend gives the AUC and its bootstrap interval.
     """
-    names = [n for n in results.experiments.index if results.has_task(n, "classification")]
+    names = [n for n in display_order(results) if results.has_task(n, "classification")]
     if not names:
         return []
     colours = _palette(names)
@@ -151,7 +164,7 @@ def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: i
 
 def fold_box_figure(results: Results, out_dir: Path) -> list[Path]:
     """Per-fold Dice (%) and HD95 (mm) of every segmentation experiment: box plot with the folds as points."""
-    names = [n for n in results.experiments.index if results.has_task(n, "segmentation")]
+    names = [n for n in display_order(results) if results.has_task(n, "segmentation")]
     if not names:
         return []
     frame = results.fold_metrics[results.fold_metrics["experiment"].isin(names)].copy()
@@ -202,10 +215,12 @@ def ablation_figure(table: AblationTable | None, out_dir: Path) -> list[Path]:
                     axes.text(edge, position, f" {mark}" if value >= 0 else f"{mark} ", va="center",
                               ha="left" if value >= 0 else "right", fontsize=11, fontweight="bold")
             axes.axvline(0.0, color="black", linewidth=0.8)
-            axes.set_yticks(positions, variants if index == 0 else [""] * len(variants))
-            axes.set(xlabel="difference (pp)", title=f"Δ{COLUMN_BY_KEY[metric].label}")
             if index == 0:
-                axes.invert_yaxis()
+                axes.set_yticks(positions, variants)
+                axes.set_ylim(len(variants) - 0.4, -0.6)
+            else:
+                axes.tick_params(labelleft=False)
+            axes.set(xlabel="difference (pp)", title=f"Δ{COLUMN_BY_KEY[metric].label}")
             axes.margins(x=0.25)
         figure.suptitle(f"Ablations against {table.reference} (95% paired bootstrap intervals; * p<0.05, ** p<0.01, "
                         "*** p<0.001)")
@@ -217,7 +232,7 @@ def training_curves_figure(results: Results, out_dir: Path, columns: int = 3) ->
     histories = results.histories
     if histories.empty:
         return []
-    names = [n for n in results.experiments.index if (histories["experiment"] == n).any()]
+    names = [n for n in display_order(results) if (histories["experiment"] == n).any()]
     rows = math.ceil(len(names) / columns)
     folds = sorted(histories["fold"].unique())
     colours = dict(zip(folds, sns.color_palette("viridis", n_colors=len(folds))))
@@ -240,7 +255,7 @@ def training_curves_figure(results: Results, out_dir: Path, columns: int = 3) ->
 
 def calibration_figure(results: Results, out_dir: Path, n_bins: int = 10) -> list[Path]:
     """Reliability diagram (``sklearn.calibration.calibration_curve``, uniform bins) of every classifier."""
-    names = [n for n in results.experiments.index if results.has_task(n, "classification")]
+    names = [n for n in display_order(results) if results.has_task(n, "classification")]
     if not names:
         return []
     colours = _palette(names)
@@ -391,7 +406,7 @@ def all_figures(results: Results, out_dir: Path, ablations: AblationTable | None
         "Ablations": ablation_figure(ablations, out_dir),
         "Training curves": training_curves_figure(results, out_dir),
     }
-    segmentation_names = sorted({name for name, _ in results.galleries}, key=list(results.experiments.index).index)
+    segmentation_names = [n for n in display_order(results) if any(name == n for name, _ in results.galleries)]
     figures["Segmentation gallery"] = [p for n in segmentation_names for p in gallery_figure(results, n, out_dir)]
     figures["Optuna"] = optuna_figures(results, out_dir)
     return {section: paths for section, paths in figures.items() if paths}

@@ -29,6 +29,7 @@ table.results thead th { border-top: 2px solid #1d2530; border-bottom: 1.5px sol
 table.results tbody tr:last-child th, table.results tbody tr:last-child td { border-bottom: 2px solid #1d2530; }
 table.results th[scope=row] { text-align: left; font-weight: 500; white-space: nowrap; }
 tr.published, tr.oracle { color: #566270; font-style: italic; background: #f7f9fb; }
+table.results td { white-space: nowrap; }
 .ci { color: #6b7785; font-size: 0.78rem; }
 .stars { color: #b03a2e; font-weight: 700; }
 ul.notes { font-size: 0.8rem; color: #44505e; max-width: 1200px; padding-left: 1.2rem; }

@@ -486,8 +486,13 @@ def _header_label(column: MetricColumn) -> str:
     return f"{column.label} ({column.unit})"
 
 
+def _markdown_stars(star: str) -> str:
+    """Significance stars escaped, so they never merge with the ``**`` of bold text."""
+    return star.replace("*", "\\*")
+
+
 def results_table_markdown(table: ResultsTable) -> str:
-    """GitHub Markdown: bold best values, stars, the CI in brackets after the cell, footnotes below."""
+    """GitHub Markdown: bold best values, escaped stars (``\\*``), the CI in brackets after the cell, notes below."""
     lines = [f"**{table.title}**", "", "| Method | " + " | ".join(_header_label(c) for c in COLUMNS) + " |",
              "| --- | " + " | ".join("---" for _ in COLUMNS) + " |"]
     for row in _display_rows(table):
@@ -496,8 +501,8 @@ def results_table_markdown(table: ResultsTable) -> str:
             name = f"*{name}*"
         cells = []
         for main, ci, star, bold in row.cells:
-            text = f"**{main}**" if bold else main
-            cells.append(f"{text}{star} {ci}".strip() if ci else f"{text}{star}")
+            text = (f"**{main}**" if bold else main) + _markdown_stars(star)
+            cells.append(f"{text} {ci}" if ci else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {note}" for note in table.notes]]
     return "\n".join(lines) + "\n"
@@ -716,7 +721,7 @@ def ablation_markdown(table: AblationTable) -> str:
         cells = []
         for metric in ABLATION_METRICS:
             parts = _difference_cell(row, metric)
-            cells.append(MISSING if parts is None else f"{parts[0]}{parts[2]} {parts[1]}".strip())
+            cells.append(MISSING if parts is None else f"{parts[0]}{_markdown_stars(parts[2])} {parts[1]}".strip())
         lines.append(f"| {row['experiment']} | " + " | ".join(cells) + f" | {_oracle_text(row)} |")
     lines += ["", *[f"- {note}" for note in table.notes]]
     return "\n".join(lines) + "\n"
