@@ -564,7 +564,7 @@ def synthesize_cohort(config: SynthConfig, out_dir: str | Path, workers: int | N
             bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+            for result in pool.map(_render_job, jobs, chunksize=2):
                 results[result["patient_id"]] = result
                 bar.update(1)
     bar.close()

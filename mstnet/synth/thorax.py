@@ -89,27 +89,47 @@ def _superellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float,
 
 
 def _grow_tree(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, length: float, radius: float,
-               depth: int, inside, segments: list, radii: list) -> None:
-    """Recursive bifurcating tree; a branch stops where it would leave the lung (``inside``)."""
-    if depth == 0 or radius < 0.5:
-        return
-    points = start + direction * length * np.linspace(0.0, 1.0, 6)[1:, None]
-    inside_points = inside(points)
-    reached = 5 if inside_points.all() else int(np.argmin(inside_points))
-    if reached == 0:
-        return
-    kept = points[reached - 1]
-    segments.append((start.copy(), kept.copy()))
-    radii.append(radius)
-    if reached < 5:
-        return
-    for sign in (-1.0, 1.0):
-        angle = sign * rng.uniform(0.35, 0.75)
-        cos, sin = np.cos(angle), np.sin(angle)
-        # rotate in the axial plane, tilt a little out of it
-        child = np.array([direction[0] + rng.normal(0, 0.08), cos * direction[1] - sin * direction[2], sin * direction[1] + cos * direction[2]])
-        child /= np.linalg.norm(child)
-        _grow_tree(rng, kept, child, length * rng.uniform(0.7, 0.85), radius * rng.uniform(0.68, 0.8), depth - 1, inside, segments, radii)
+               depth: int, inside) -> tuple[np.ndarray, np.ndarray]:
+    """A bifurcating tree grown one generation at a time (vectorised over the branches of a generation).
+
+    A branch stops where it would leave the lung (``inside``: (N, 3) points -> (N,) bool) and
+    then has no children. Returns segments (N, 2, 3) in breadth-first order and radii (N,).
+    """
+    fractions = np.linspace(0.0, 1.0, 6)[1:]
+    starts, directions = start[None].astype(float), direction[None].astype(float)
+    lengths, radii_now = np.array([length]), np.array([radius])
+    segments, radii = [], []
+    for _ in range(depth):
+        if len(starts) == 0:
+            break
+        points = starts[:, None] + directions[:, None] * (lengths[:, None, None] * fractions[None, :, None])
+        inside_points = inside(points.reshape(-1, 3)).reshape(len(starts), len(fractions))
+        reached = np.where(inside_points.all(axis=1), len(fractions), np.argmin(inside_points, axis=1))
+        grown = reached > 0
+        ends = points[np.arange(len(starts)), np.maximum(reached - 1, 0)]
+        segments.append(np.stack([starts[grown], ends[grown]], axis=1))
+        radii.append(radii_now[grown])
+        full = (reached == len(fractions)) & (radii_now >= 0.5)
+        parents, parent_directions = ends[full], directions[full]
+        count = len(parents)
+        if count == 0:
+            break
+        children = []
+        for sign in (-1.0, 1.0):
+            angle = sign * rng.uniform(0.35, 0.75, count)
+            cos, sin = np.cos(angle), np.sin(angle)
+            # rotate in the axial plane, tilt a little out of it
+            child = np.stack([parent_directions[:, 0] + rng.normal(0, 0.08, count),
+                              cos * parent_directions[:, 1] - sin * parent_directions[:, 2],
+                              sin * parent_directions[:, 1] + cos * parent_directions[:, 2]], axis=1)
+            children.append(child / np.linalg.norm(child, axis=1, keepdims=True))
+        starts = np.concatenate([parents, parents])
+        directions = np.concatenate(children)
+        lengths = np.concatenate([lengths[full], lengths[full]]) * rng.uniform(0.7, 0.85, 2 * count)
+        radii_now = np.concatenate([radii_now[full], radii_now[full]]) * rng.uniform(0.68, 0.8, 2 * count)
+    if not segments:
+        return np.zeros((0, 2, 3)), np.zeros(0)
+    return np.concatenate(segments), np.concatenate(radii)
 
 
 def make_anatomy(rng: np.random.Generator, body_scale: float = 1.0, tree_depth: int = 6, trunks_per_lung: int = 5,
@@ -162,14 +182,15 @@ def make_anatomy(rng: np.random.Generator, body_scale: float = 1.0, tree_depth: 
             angle = -1.3 + 2.6 * (trunk + rng.uniform(0.2, 0.8)) / trunks_per_lung
             direction = np.array([rng.normal(0, 0.05), np.sin(angle), side * np.cos(angle)])
             direction /= np.linalg.norm(direction)
-            before = len(segments)
-            _grow_tree(rng, hilum, direction, 0.38 * row[2], rng.uniform(3.0, 4.5), tree_depth, inside_lung, segments, radii)
+            tree, tree_radii = _grow_tree(rng, hilum, direction, 0.38 * row[2], rng.uniform(3.0, 4.5), tree_depth, inside_lung)
+            segments.extend(tree)
+            radii.extend(tree_radii)
             # an airway accompanies the first generations of every other trunk (bronchovascular bundle)
-            if trunk % 2 == 0:
-                for start, end in segments[before:before + 3]:
+            if trunk % 2 == 0 and len(tree):
+                for start, end in tree[:3]:
                     offset = np.array([0.0, rng.uniform(3, 5), rng.uniform(-3, 3)])
                     airway_segments.append((start + offset, end + offset))
-                    airway_radii.append(radii[before] * 0.55)
+                    airway_radii.append(tree_radii[0] * 0.55)
         # small vessels crossing the slab: short through-plane segments seen as dots
         candidates = np.c_[rng.uniform(-20, 20, 4 * through_plane_vessels), row[1] + rng.uniform(-1, 1, 4 * through_plane_vessels) * row[3],
                            row[0] + rng.uniform(-1, 1, 4 * through_plane_vessels) * row[2]]
