@@ -333,8 +333,10 @@ def gallery_figure(results: Results, experiment: str, out_dir: Path) -> list[Pat
                 axes = figure.add_subplot(len(picks), n_timepoints, row * n_timepoints + t + 1)
                 axes.imshow(case["image"][t], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
                 for mask, colour in ((case["mask"][t], TRUTH_COLOUR), (case["pred"][t], PREDICTION_COLOUR)):
-                    if mask.any() and not mask.all():
-                        axes.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+                    if mask.any():  # padded, so a mask touching or filling the slice still gets a closed outline
+                        rows, columns = mask.shape
+                        axes.contour(np.arange(-1, columns + 1), np.arange(-1, rows + 1), np.pad(mask, 1).astype(float),
+                                     levels=[0.5], colors=[colour], linewidths=1.5)
                 axes.set_xticks([]), axes.set_yticks([])
                 axes.grid(False)
                 axes.set_title(f"{case['timepoints'][t]}", fontsize=10)
