@@ -1,0 +1,93 @@
+"""``mstnet ablate NAME [NAME ...] | --all | --list``: MST-Net and named variants on the same folds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+FULL_MODEL = "mstnet"
+
+
+def ablation_table() -> Table:
+    """Every registered ablation: name, what changes, the oracle subset and the description."""
+    from mstnet.experiments.registry import list_experiments
+
+    table = Table("name", "changes", "information", "description", title="MST-Net ablations")
+    for spec in list_experiments(group="ablation"):
+        changes = spec.footnote.removeprefix("MST-Net with ").rstrip(".")
+        table.add_row(spec.name, changes, spec.information, spec.description)
+    return table
+
+
+def select_ablations(names: list[str], run_all: bool) -> list:
+    """The ablation specs asked for, in the order given (``--all``: every one); unknown names fail at once."""
+    from mstnet.experiments.registry import list_experiments
+
+    registered = {spec.name: spec for spec in list_experiments(group="ablation")}
+    if run_all:
+        return list(registered.values())
+    if not names:
+        raise typer.BadParameter("name one or more ablations, or pass --all (--list shows them)")
+    unknown = [name for name in names if name not in registered]
+    if unknown:
+        raise typer.BadParameter(f"no ablation named {', '.join(map(repr, unknown))}; "
+                                 f"known: {', '.join(sorted(registered))}")
+    return [registered[name] for name in dict.fromkeys(names)]
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    @app.command("ablate")
+    def ablate_command(
+        names: list[str] | None = typer.Argument(None, help="ablation names (see --list)"),
+        run_all: bool = typer.Option(False, "--all", help="run every registered ablation"),
+        list_only: bool = typer.Option(False, "--list", help="list the ablations with descriptions and exit"),
+        preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
+        data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
+        out: Path | None = typer.Option(None, help="results folder (default runs/ablations-<preset>)"),
+        report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
+        folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
+        device: str = typer.Option("auto", help="auto, cpu or cuda"),
+        epochs: int | None = typer.Option(None, help="epochs per training stage (default: the preset's)"),
+        set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value for every model (repeatable)"),
+        seed: int = typer.Option(0, help="seed of the folds"),
+    ) -> None:
+        """Train MST-Net and the named ablations on the same folds, then write the report."""
+        console = Console()
+        if list_only:
+            console.print(ablation_table())
+            return
+        from mstnet.commands.experiments import build_options, init_distributed, parse_assignments, parse_folds
+        from mstnet.experiments.registry import get_experiment
+        from mstnet.experiments.reproduce import prepare_runs, run_group
+
+        specs = [get_experiment(FULL_MODEL), *select_ablations(names or [], run_all)]
+        init_distributed()
+        out = out or Path("runs") / f"ablations-{preset}"
+        clock = time.perf_counter()
+        options = build_options(preset, device, epochs, parse_assignments(set_), out)
+        prepared = prepare_runs(out, options.preset, data=data, seed=seed)
+        fold_list = parse_folds(folds)
+        console.print(f"{len(specs)} experiments ({', '.join(s.name for s in specs)}) x "
+                      f"{len(fold_list or range(prepared.splits.n_folds))} folds on {len(prepared.cohort)} patients -> {out}")
+        run_group(prepared, specs, options, folds=fold_list)
+        _report(out, report_out)
+        console.print(f"wall time {time.perf_counter() - clock:.0f} s")
+
+
+def _report(runs_dir: Path, report_out: Path | None) -> None:
+    """Write the report when the reporting module is installed; otherwise say how to make it later."""
+    from mstnet.commands.experiments import write_report
+
+    try:
+        write_report(runs_dir, report_out, with_published=False)
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("mstnet.reporting"):
+            raise
+        log.warning("report skipped: %s is not available; the results in %s are complete", error.name, runs_dir)
