@@ -108,6 +108,8 @@ class SynthConfig:
         juxtapleural_fraction: share of nodules placed touching the pleura (default 0.2).
         bank_spacing_mm: spacing of the LIDC shape bank (default 0.5 mm).
         body_scale: in-plane size of the chest (default 1.0).
+        image_suffix: ``".nii.gz"`` (default) or ``".nii"`` for the images (noisy float32 compresses
+            poorly: the paper preset writes ``.nii`` to save time); masks are always ``.nii.gz``.
     """
 
     name: str = "cpu"
@@ -145,6 +147,7 @@ class SynthConfig:
     juxtapleural_fraction: float = 0.2
     bank_spacing_mm: float = 0.5
     body_scale: float = 1.0
+    image_suffix: str = ".nii.gz"
 
     def __post_init__(self) -> None:
         problems = []
@@ -158,6 +161,8 @@ class SynthConfig:
             problems.append(f"spacing_mm must be three positive numbers (z, y, x), got {self.spacing_mm}")
         if self.crop not in ("nodule", "thorax"):
             problems.append(f"crop must be 'nodule' or 'thorax', got {self.crop!r}")
+        if self.image_suffix not in (".nii", ".nii.gz"):
+            problems.append(f"image_suffix must be '.nii' or '.nii.gz', got {self.image_suffix!r}")
         if self.n_timepoints < 1:
             problems.append(f"n_timepoints must be >= 1, got {self.n_timepoints}")
         if self.min_initial_diameter_mm >= self.max_initial_diameter_mm:
@@ -346,10 +351,11 @@ def _nodule_mask(field_bank: np.ndarray, bank_spacing: float, centre_voxel: np.n
         noise = ndimage.gaussian_filter(rng.standard_normal(values.shape), sigma=1.2)
         values = values + morphology_noise * noise / (noise.std() or 1.0) * (values > 0.02)
     if allowed is not None:
-        values = np.where(allowed[low[0]:high[0], low[1]:high[1], low[2]:high[2]], values, 0.0)
+        # the lung field grown by one voxel, so a nodule may touch the pleura
+        room = ndimage.binary_dilation(allowed[low[0]:high[0], low[1]:high[1], low[2]:high[2]])
+        values = np.where(room, values, 0.0)
         # room to keep the volume when the pleura cuts the shape: a wider, flatter field inside the lung
-        values = np.maximum(values, 1e-3 * np.exp(-np.sqrt(dz**2 + dy**2 + dx**2) / (scale * bank_spacing * 10)) *
-                            allowed[low[0]:high[0], low[1]:high[1], low[2]:high[2]])
+        values = np.maximum(values, 1e-3 * np.exp(-np.sqrt(dz**2 + dy**2 + dx**2) / (scale * bank_spacing * 10)) * room)
     flat = values.ravel()
     count = int(min(max(target_voxels, 1), np.count_nonzero(flat > 0)))
     if count == 0:
@@ -358,6 +364,32 @@ def _nodule_mask(field_bank: np.ndarray, bank_spacing: float, centre_voxel: np.n
     local = values >= threshold
     mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = local
     return mask
+
+
+def _insert_nodule(image: np.ndarray, mask: np.ndarray, texture: str, ground_glass_hu: float, spacing: np.ndarray,
+                   config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Blend the nodule's tissue into ``image`` (D, H, W) with partial-volume blur, working on the mask's padded box."""
+    pad = 4
+    found = np.argwhere(mask)
+    low = np.maximum(found.min(0) - pad, 0)
+    high = np.minimum(found.max(0) + pad + 1, mask.shape)
+    box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+    local = mask[box]
+    if texture == "solid":
+        nodule_hu = np.full(local.shape, config.solid_hu, dtype=np.float32)
+    else:
+        nodule_hu = np.full(local.shape, ground_glass_hu, dtype=np.float32)
+        if texture == "part_solid":
+            depth = ndimage.distance_transform_edt(local, sampling=spacing)
+            core = depth > (1.0 - config.part_solid_core_fraction) * depth.max()
+            core_weight = ndimage.gaussian_filter(core.astype(np.float32), config.partial_volume_sigma_voxels)
+            nodule_hu = nodule_hu + (config.solid_hu - ground_glass_hu) * core_weight
+    inner = ndimage.gaussian_filter(rng.standard_normal(local.shape).astype(np.float32), 1.0)
+    nodule_hu = nodule_hu + config.nodule_texture_sd_hu * inner / (inner.std() or 1.0)
+    occupancy = ndimage.gaussian_filter(local.astype(np.float32), config.partial_volume_sigma_voxels)
+    image = image.copy()
+    image[box] = image[box] + (nodule_hu - image[box]) * occupancy
+    return image
 
 
 def render_patient(config: SynthConfig, record: dict[str, Any], bank_mask: np.ndarray, seed: np.random.SeedSequence,
@@ -420,28 +452,15 @@ def render_patient(config: SynthConfig, record: dict[str, Any], bank_mask: np.nd
         size_scale = (volumes[k] / max(bank_volume, 1e-6)) ** (1.0 / 3.0)
         target = int(round(volumes[k] / voxel_mm3))
         mask = _nodule_mask(field_bank, config.bank_spacing_mm, centre_voxel, size_scale, angle, target, shape, spacing, rng,
-                            config.morphology_noise, allowed=ndimage.binary_dilation(lung, iterations=1))
+                            config.morphology_noise, allowed=lung)
         if mask.any():
-            solid = np.full(shape, config.solid_hu, dtype=np.float32)
-            if texture_class_name == "solid":
-                nodule_hu = solid
-            else:
-                nodule_hu = np.full(shape, ground_glass_hu, dtype=np.float32)
-                if texture_class_name == "part_solid":
-                    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
-                    core = depth > (1.0 - config.part_solid_core_fraction) * depth.max()
-                    core_weight = ndimage.gaussian_filter(core.astype(np.float32), config.partial_volume_sigma_voxels)
-                    nodule_hu = nodule_hu + (config.solid_hu - ground_glass_hu) * core_weight
-            inner = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0)
-            nodule_hu = nodule_hu + config.nodule_texture_sd_hu * inner / (inner.std() or 1.0)
-            occupancy = ndimage.gaussian_filter(mask.astype(np.float32), config.partial_volume_sigma_voxels)
-            image = image + (nodule_hu - image) * occupancy
+            image = _insert_nodule(image, mask, texture_class_name, ground_glass_hu, spacing, config, rng)
         image = ndimage.gaussian_filter(image, config.psf_sigma_voxels)
         noise_sd = float(rng.uniform(*config.noise_sd_hu_range))
         noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), config.noise_correlation_voxels)
         image = np.clip(image + noise * (noise_sd / (noise.std() or 1.0)), -1024.0, 3071.0).astype(np.float32)
         origin = (float(scan_axes[2][0]), float(scan_axes[1][0]), float(scan_axes[0][0]))
-        image_name = f"images/{patient_id}_{tp}.nii.gz"
+        image_name = f"images/{patient_id}_{tp}{config.image_suffix}"
         mask_name = f"masks/{patient_id}_{tp}.nii.gz"
         write_nifti(folder / image_name, image, spacing=tuple(spacing), origin=origin)
         write_nifti(folder / mask_name, mask.astype(np.uint8), spacing=tuple(spacing), origin=origin)

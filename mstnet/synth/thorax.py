@@ -315,63 +315,73 @@ def render_thorax(anatomy: ThoraxAnatomy, texture_field: "WorldTexture", z: np.n
         (parenchyma, vessels included).
     """
     shape = (len(z), len(y), len(x))
-    zz, yy, xx = z[:, None, None], y[None, :, None], x[None, None, :]
+    z, y, x = (np.asarray(a, dtype=np.float32) for a in (z, y, x))
+    yy, xx = y[:, None], x[None, :]
 
     def ramp(normalised_radius: np.ndarray, scale_mm: float) -> np.ndarray:
         """1 well inside, 0 well outside, linear over ``softness_mm`` around radius 1 (scale: the shape's size)."""
-        return np.clip((1.0 - normalised_radius) * scale_mm / softness_mm + 0.5, 0.0, 1.0)
+        return np.clip((1.0 - normalised_radius) * np.float32(scale_mm / softness_mm) + np.float32(0.5), 0.0, 1.0)
 
     def blend(base: np.ndarray, value, weight: np.ndarray) -> np.ndarray:
         return base + (value - base) * weight
 
+    # everything but ribs, lung texture, vessels and airways is the same on every slice: a 2-D plane
     ax, ay = anatomy.body_axes
-    image = np.full(shape, hu.air, dtype=np.float32)
-    body = ramp(_superellipse(xx, yy, 0, 0, ax, ay), min(ax, ay))
-    image = blend(image, hu.fat, np.broadcast_to(body, shape))
+    plane = np.full((len(y), len(x)), hu.air, dtype=np.float32)
+    plane = blend(plane, hu.fat, ramp(_superellipse(xx, yy, 0, 0, ax, ay), min(ax, ay)))
     inner = anatomy.fat_thickness
-    muscle = ramp(_superellipse(xx, yy, 0, 0, ax - inner, ay - inner), min(ax, ay) - inner)
-    image = blend(image, hu.soft_tissue, np.broadcast_to(muscle, shape))
+    plane = blend(plane, hu.soft_tissue, ramp(_superellipse(xx, yy, 0, 0, ax - inner, ay - inner), min(ax, ay) - inner))
     wall = inner + anatomy.muscle_thickness
-    cavity = ramp(_superellipse(xx, yy, 0, 0, ax - wall, ay - wall), min(ax, ay) - wall)
-    image = blend(image, hu.fat, np.broadcast_to(cavity, shape) * 0.8)
-    # ribs: oval cross-sections in the wall, each present over a range of z
-    rib_radius_x, rib_radius_y = ax - wall + 4.0, ay - wall + 4.0
-    for angle, centre_z, half_length, scale in anatomy.ribs:
-        cx, cy = rib_radius_x * np.cos(angle), rib_radius_y * np.sin(angle)
-        present = np.clip((half_length - np.abs(zz - centre_z)) / 2.0, 0.0, 1.0)
-        radial = _superellipse(xx, yy, cx, cy, 7.0 * scale, 5.0 * scale)
-        rib = ramp(radial, 5.0 * scale) * present
-        marrow = ramp(_superellipse(xx, yy, cx, cy, 4.5 * scale, 2.8 * scale), 3.0 * scale) * present
-        image = blend(image, hu.bone, rib)
-        image = blend(image, hu.cancellous_bone, marrow)
-    # lungs with parenchymal texture and a dependent gradient
-    lung_field = np.zeros((1, len(y), len(x)), dtype=np.float32)
-    for row in anatomy.lungs:
-        lung_field = np.maximum(lung_field, ramp(_superellipse(xx, yy, *row, anatomy.lung_exponent), min(row[2], row[3])))
+    plane = blend(plane, hu.fat, ramp(_superellipse(xx, yy, 0, 0, ax - wall, ay - wall), min(ax, ay) - wall) * np.float32(0.8))
     heart_x, heart_y, heart_ax, heart_ay = anatomy.heart
     heart = ramp(_superellipse(xx, yy, heart_x, heart_y, heart_ax, heart_ay), min(heart_ax, heart_ay))
-    mediastinum = np.clip((anatomy.mediastinum_half_width - np.abs(xx)) / softness_mm + 0.5, 0.0, 1.0) * (np.abs(yy) < ay * 0.75)
-    lung_field = lung_field * (1.0 - heart) * (1.0 - mediastinum)
-    texture = hu.lung_texture_sd * texture_field.sample(z, y, x)
-    dependent = hu.lung_dependent_gradient * np.clip((yy / ay + 0.7) / 1.4, 0.0, 1.0)
-    parenchyma = hu.lung + texture + dependent
-    image = blend(image, parenchyma, np.broadcast_to(lung_field, shape))
-    # mediastinum: fat with the heart, aorta and spine
-    image = blend(image, hu.soft_tissue, np.broadcast_to(heart, shape))
+    plane = blend(plane, hu.soft_tissue, heart)
     aorta_x, aorta_y, aorta_r = anatomy.aorta
-    image = blend(image, hu.soft_tissue, np.broadcast_to(ramp(_superellipse(xx, yy, aorta_x, aorta_y, aorta_r, aorta_r), aorta_r), shape))
+    aorta = ramp(_superellipse(xx, yy, aorta_x, aorta_y, aorta_r, aorta_r), aorta_r)
+    plane = blend(plane, hu.soft_tissue, aorta)
     spine_y, spine_r = anatomy.spine
     vertebra = ramp(_superellipse(xx, yy, 0.0, spine_y, spine_r, spine_r), spine_r)
-    image = blend(image, hu.bone, np.broadcast_to(vertebra, shape))
-    image = blend(image, hu.cancellous_bone, np.broadcast_to(ramp(_superellipse(xx, yy, 0.0, spine_y, spine_r - 3, spine_r - 3), spine_r - 3), shape))
+    plane = blend(plane, hu.bone, vertebra)
+    plane = blend(plane, hu.cancellous_bone, ramp(_superellipse(xx, yy, 0.0, spine_y, spine_r - 3, spine_r - 3), spine_r - 3))
     canal_y = spine_y + spine_r + 7.0
-    image = blend(image, hu.bone, np.broadcast_to(ramp(_superellipse(xx, yy, 0.0, canal_y, 11.0, 9.0), 9.0), shape))
-    image = blend(image, hu.soft_tissue - 20, np.broadcast_to(ramp(_superellipse(xx, yy, 0.0, canal_y, 6.5, 5.5), 5.5), shape))
-    # vessels and airways
+    plane = blend(plane, hu.bone, ramp(_superellipse(xx, yy, 0.0, canal_y, 11.0, 9.0), 9.0))
+    plane = blend(plane, hu.soft_tissue - 20, ramp(_superellipse(xx, yy, 0.0, canal_y, 6.5, 5.5), 5.5))
+    # lung fields (2-D), then the parenchyma with its texture and dependent gradient (3-D)
+    lung_field = np.zeros((len(y), len(x)), dtype=np.float32)
+    for row in anatomy.lungs:
+        lung_field = np.maximum(lung_field, ramp(_superellipse(xx, yy, *row, anatomy.lung_exponent), min(row[2], row[3])))
+    mediastinum = np.clip((anatomy.mediastinum_half_width - np.abs(xx)) / softness_mm + 0.5, 0.0, 1.0) * (np.abs(yy) < ay * 0.75)
+    lung_field = lung_field * (1.0 - heart) * (1.0 - mediastinum) * (1.0 - aorta) * (1.0 - vertebra)
+    dependent = hu.lung_dependent_gradient * np.clip((yy / ay + 0.7) / 1.4, 0.0, 1.0)
+    image = np.broadcast_to(plane, shape).copy()
+    in_lung = np.flatnonzero(lung_field.any(axis=1))
+    if in_lung.size:
+        rows = slice(in_lung[0], in_lung[-1] + 1)
+        texture = hu.lung_texture_sd * texture_field.sample(z, y[rows], x)
+        parenchyma = (hu.lung + dependent[rows]) + texture
+        image[:, rows] = blend(image[:, rows], parenchyma, lung_field[rows])
+    # ribs: oval cross-sections in the wall, each present over a range of z, drawn in their own box
+    rib_radius_x, rib_radius_y = ax - wall + 4.0, ay - wall + 4.0
+    for angle, centre_z, half_length, scale in anatomy.ribs:
+        present = np.clip((half_length - np.abs(z - centre_z)) / 2.0, 0.0, 1.0)
+        if not present.any():
+            continue
+        cx, cy = rib_radius_x * np.cos(angle), rib_radius_y * np.sin(angle)
+        near_y = np.flatnonzero(np.abs(y - cy) < 6.0 * scale + 2)
+        near_x = np.flatnonzero(np.abs(x - cx) < 8.0 * scale + 2)
+        if not near_y.size or not near_x.size:
+            continue
+        box = (slice(None), slice(near_y[0], near_y[-1] + 1), slice(near_x[0], near_x[-1] + 1))
+        by, bx = y[box[1]][:, None], x[box[2]][None, :]
+        weight = present[:, None, None] * (1.0 - lung_field[box[1:]])[None]  # ribs lie outside the lungs
+        rib = ramp(_superellipse(bx, by, cx, cy, 7.0 * scale, 5.0 * scale), 5.0 * scale)[None] * weight
+        marrow = ramp(_superellipse(bx, by, cx, cy, 4.5 * scale, 2.8 * scale), 3.0 * scale)[None] * weight
+        image[box] = blend(blend(image[box], hu.bone, rib), hu.cancellous_bone, marrow)
+    # vessels (inside the lungs) and airways
     lung = np.broadcast_to(lung_field > 0.5, shape).copy()
     vessels = np.zeros(shape, dtype=np.float32)
     _segment_occupancy(vessels, z, y, x, anatomy.vessels, anatomy.vessel_radii, softness_mm)
-    image = blend(image, hu.soft_tissue, vessels * np.broadcast_to(lung_field, shape))
+    image = blend(image, hu.soft_tissue, vessels * lung_field)
     walls = np.zeros(shape, dtype=np.float32)
     _segment_occupancy(walls, z, y, x, anatomy.airways, anatomy.airway_radii + 1.2, softness_mm)
     image = blend(image, hu.soft_tissue, walls)
