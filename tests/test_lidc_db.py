@@ -8,6 +8,7 @@ from medpy.metric.binary import dc
 
 from mstnet.data.lidc_db import (
     LidcDatabase,
+    annotation_bbox,
     annotation_mask,
     consensus_mask,
     dice,
@@ -72,8 +73,6 @@ def test_hole_contours_are_removed(database):
     with_hole = next(a for anns in annotations.values() for a in anns if any(not c.inclusion for c in a.contours))
     scan = database.scan(with_hole.scan_id)
     without_holes = type(with_hole)(with_hole.id, with_hole.scan_id, with_hole.ratings, tuple(c for c in with_hole.contours if c.inclusion))
-    from mstnet.data.lidc_db import annotation_bbox
-
     bbox = annotation_bbox([with_hole], scan)
     assert annotation_mask(with_hole, scan, bbox).mask.sum() < annotation_mask(without_holes, scan, bbox).mask.sum()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -153,15 +155,11 @@ def test_interrupted_run_resumes_from_its_partial_folder(bank, tmp_path):
     config = synth_config("tiny", n_patients=4, seed=5)
     reference = synthesize_cohort(config, tmp_path / "reference", workers=1, progress=False, bank=bank)
     partial = tmp_path / "resumed.partial"
-    import shutil
-
     shutil.copytree(reference, partial)
     for name in ("manifest.csv", "cohort.json", "ground_truth.csv"):
         (partial / name).unlink()
     (partial / ".progress").mkdir()
     (partial / ".progress" / "fingerprint").write_text(config.fingerprint() + "\n")
-    import json
-
     manifest = pd.read_csv(reference / "manifest.csv")
     done = manifest[manifest["patient_id"] == "SYN0001"]
     record = {"patient_id": "SYN0001", "placement": {"juxtapleural": False, "pleura_distance_mm": 0.0, "volume0_mm3": 0.0},
