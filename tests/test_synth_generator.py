@@ -195,3 +195,14 @@ def test_ensure_default_cohort_generates_once_into_the_cache(bank, tmp_path, mon
     stamp = (folder / "cohort.json").stat().st_mtime_ns
     assert ensure_default_cohort("tiny", seed=1, n_patients=3, progress=False) == folder
     assert (folder / "cohort.json").stat().st_mtime_ns == stamp
+
+
+def test_concurrent_callers_share_one_generation(bank, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = synth_config("tiny", n_patients=2, seed=8)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: synthesize_cohort(config, tmp_path / "shared", workers=1, progress=False, bank=bank), range(2)))
+    assert folders[0] == folders[1] == tmp_path / "shared"
+    assert len(pd.read_csv(folders[0] / "manifest.csv")) == 6
+    assert not (tmp_path / "shared.partial").exists()

@@ -32,6 +32,7 @@ completion record, so an interrupted run resumes; the folder is renamed at the e
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -535,7 +536,8 @@ def synthesize_cohort(config: SynthConfig, out_dir: str | Path, workers: int | N
 
     A finished folder with the same parameters is returned as it is; one made with other
     parameters is refused. Work goes into ``<out_dir>.partial`` (resumed when present) and is
-    renamed to ``out_dir`` at the end.
+    renamed to ``out_dir`` at the end; ``<out_dir>.lock`` makes concurrent callers wait for
+    one generator.
 
     Args:
         config: every parameter (:func:`mstnet.synth.presets.synth_config`).
@@ -545,6 +547,14 @@ def synthesize_cohort(config: SynthConfig, out_dir: str | Path, workers: int | N
         bank: the LIDC shape bank (default: the cached one).
     """
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # one generator per folder: concurrent callers (several ranks of one run) wait, then reuse it
+    with open(out_dir.with_name(out_dir.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _synthesize_locked(config, out_dir, workers, progress, bank)
+
+
+def _synthesize_locked(config: SynthConfig, out_dir: Path, workers: int | None, progress: bool, bank: ShapeBank | None) -> Path:
     fingerprint = config.fingerprint()
     marker = out_dir / "cohort.json"
     if marker.exists():
