@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from ablations.variants import ABLATIONS, ablation
 from mstnet.cli import build_app
 from mstnet.experiments.registry import ModelContext, get_experiment, list_experiments
 from mstnet.models.losses import MultiTaskLoss
+from tests.harness_cohort import write_growth_cohort
 
 LEARNING_RATE = 1e-3
 BATCH = 2
@@ -192,3 +195,20 @@ def test_time_aware_fusion_starts_blind_to_intervals_and_learns_to_use_them():
     loss.backward()
     optimizer.step()
     assert not torch.allclose(logits(batch), logits(later), atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MSTNET_SLOW") != "1", reason="slow (about a minute on two cores); set MSTNET_SLOW=1")
+def test_ablate_runs_mstnet_and_the_variant_on_the_same_folds_and_reports(tmp_path):
+    cohort = write_growth_cohort(tmp_path / "cohort", n_patients=20)
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    result = CliRunner().invoke(build_app(), ["ablate", "no-stdm", "--preset", "tiny", "--data", str(cohort), "--folds", "0",
+                                              "--epochs", "1", "--device", "cpu", "--out", str(runs), "--report", str(report)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    splits_hash = json.loads((runs / "splits.json").read_text())["hash"]
+    for name in ("mstnet", "no-stdm"):
+        run = json.loads((runs / name / "fold0" / "run.json").read_text())
+        assert run["status"] == "complete" and run["splits_hash"] == splits_hash
+    assert json.loads((runs / "no-stdm" / "experiment.json").read_text())["group"] == "ablation"
+    assert "no-stdm" in (report / "ablation_table.md").read_text()

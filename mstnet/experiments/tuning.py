@@ -1,0 +1,337 @@
+"""Optuna tuning of a registered experiment on inner validation only, across processes and machines.
+
+The search space is declared once per experiment (``ExperimentSpec.search_space``:
+``optuna.Trial -> dict`` of overrides); experiments without one get
+:func:`default_search_space` (learning rate and weight decay). A trial trains on the
+training portion of fold 0 (``objective="fold0"``) or of every fold (``"mean"``) and scores
+the best inner-validation ``val_score`` (the negative validation loss) of the last training
+stage; the test folds are never evaluated (``RunOptions(evaluate_test=False)``). Every epoch
+is reported to the trial, and a pruner (median or Hyperband) stops hopeless trials.
+
+The study lives in an Optuna storage, so any number of processes or machines can work on
+one study at once (``load_if_exists``):
+
+- default: SQLite at ``RUNS_DIR/<experiment>/tuning/study.db``;
+- any Optuna storage URL: ``sqlite:///path.db``, ``postgresql://user@host/db``, ...;
+- ``journal:PATH``: an append-only journal file (``JournalStorage(JournalFileBackend(PATH))``),
+  safe for several processes on one file system (NFS included) without a database server.
+
+Each trial runs in its own folder ``RUNS_DIR/<experiment>/tuning/trial<k>/`` (trials never
+resume one another's checkpoints); ``best_params.json`` is written beside the study.
+
+Example::
+
+    study = tune("mstnet", n_trials=20, storage="journal:runs/mstnet/tuning/journal.log", preset="cpu")
+    study.best_trial.user_attrs["overrides"]  # {"learning_rate": ..., ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+
+from mstnet.data.cohort import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+PRUNERS = ("median", "hyperband")
+OBJECTIVES = ("fold0", "mean")
+JOURNAL_PREFIX = "journal:"
+BEST_PARAMS_FILE = "best_params.json"
+OVERRIDES_ATTR = "overrides"
+"""Trial user attribute holding the override dict the search space returned (the run's params)."""
+
+
+def default_search_space(trial: optuna.Trial) -> dict[str, Any]:
+    """Search space for experiments that declare none: Adam's learning rate and weight decay."""
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+    }
+
+
+def tuning_dir(runs_dir: Path, experiment: str) -> Path:
+    """``RUNS_DIR/<experiment>/tuning``: the study database, trial folders and ``best_params.json``."""
+    from mstnet.experiments.runner import experiment_dir
+
+    return experiment_dir(Path(runs_dir), experiment) / "tuning"
+
+
+def default_storage(runs_dir: Path, experiment: str) -> str:
+    """The SQLite URL of an experiment's default study database."""
+    return f"sqlite:///{(tuning_dir(runs_dir, experiment) / 'study.db').resolve()}"
+
+
+def default_study_name(experiment: str, preset: str, objective: str = "fold0") -> str:
+    return f"{experiment}-{preset}-{objective}"
+
+
+def make_storage(storage: str | optuna.storages.BaseStorage) -> str | optuna.storages.BaseStorage:
+    """An Optuna storage from a URL, ``journal:PATH`` (journal file), or a storage object (returned as is).
+
+    Raises:
+        ValueError: text that is neither ``journal:PATH`` nor a URL with a scheme.
+    """
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    text = str(storage)
+    if text.startswith(JOURNAL_PREFIX):
+        path = Path(text[len(JOURNAL_PREFIX):]).expanduser()
+        if not path.name:
+            raise ValueError(f"storage {text!r}: journal:PATH needs a file path, e.g. journal:runs/study.log")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in text:
+        raise ValueError(f"storage {text!r} is neither an Optuna URL (sqlite:///study.db, postgresql://...) "
+                         f"nor {JOURNAL_PREFIX}PATH (a journal file shared by several processes)")
+    if text.startswith("sqlite:///"):
+        Path(text[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return text
+
+
+def describe_storage(storage: str | optuna.storages.BaseStorage) -> str:
+    """The storage as text for logs and files, without any password."""
+    if not isinstance(storage, str):
+        return type(storage).__name__
+    if storage.startswith(JOURNAL_PREFIX) or "://" not in storage:
+        return storage
+    parts = urlsplit(storage)
+    if parts.password is None:
+        return storage
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def make_pruner(kind: str = "median", n_startup_trials: int = 5, n_warmup_steps: int = 1,
+                max_resource: int | str = "auto") -> optuna.pruners.BasePruner:
+    """``"median"``: prune a trial whose best value so far is below the median of earlier trials at the
+    same step (after ``n_startup_trials`` finished trials and ``n_warmup_steps`` steps);
+    ``"hyperband"``: successive halving brackets over ``1..max_resource`` steps (reduction factor 3)."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource, reduction_factor=3)
+    raise ValueError(f"pruner must be one of {PRUNERS}; got {kind!r}")
+
+
+def open_study(study_name: str, storage: str | optuna.storages.BaseStorage, pruner: str = "median",
+               seed: int | None = None, n_startup_trials: int = 5, n_warmup_steps: int = 1,
+               max_resource: int | str = "auto") -> optuna.Study:
+    """Create the study, or join it if another process already did (maximising).
+
+    Args:
+        study_name: the study's name in the storage.
+        storage: see :func:`make_storage`.
+        pruner: "median" or "hyperband" (see :func:`make_pruner`).
+        seed: TPE sampler seed (None: fresh randomness, so concurrent workers explore apart;
+            an integer makes a single-process study reproducible).
+        n_startup_trials, n_warmup_steps, max_resource: pruner settings.
+    """
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return optuna.create_study(
+        study_name=study_name, storage=make_storage(storage), direction="maximize", load_if_exists=True,
+        sampler=sampler, pruner=make_pruner(pruner, n_startup_trials, n_warmup_steps, max_resource),
+    )
+
+
+@dataclass(frozen=True)
+class PruningReporter:
+    """Fit callback: report each epoch's ``val_score`` to the trial at ``step_offset`` + the epoch's
+    position, and raise :class:`optuna.TrialPruned` when the pruner says so.
+
+    Steps are laid out so every trial of a study uses the same step for the same (fold, stage,
+    epoch), whether or not early stopping cut an earlier stage short.
+
+    Args:
+        trial: the running trial.
+        step_offset: first step of this fold.
+        stage_offsets: first step of each training stage within the fold.
+    """
+
+    trial: optuna.Trial
+    step_offset: int
+    stage_offsets: dict[str, int]
+
+    def __call__(self, record: Any) -> None:
+        step = self.step_offset + self.stage_offsets[record.stage] + record.epoch
+        if math.isfinite(record.val_score):
+            self.trial.report(record.val_score, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (stage {record.stage}, epoch {record.epoch}, "
+                                     f"val_score {record.val_score:.4f})")
+
+
+def final_stage_score(history: Any) -> float:
+    """Best ``val_score`` of the last training stage of a fold's history (a DataFrame of EpochRecords)."""
+    last_stage = history["stage"].iloc[-1]
+    return float(history.loc[history["stage"] == last_stage, "val_score"].max())
+
+
+def tune(
+    name: str,
+    n_trials: int,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    pruner: str = "median",
+    objective: str = "fold0",
+    preset: str = "cpu",
+    runs_dir: Path = Path("runs"),
+    data: Path | None = None,
+    device: str = "auto",
+    epochs: int | None = None,
+    params: dict[str, Any] | None = None,
+    seed: int | None = None,
+    split_seed: int = 0,
+    keep_checkpoints: bool = False,
+    progress: bool = False,
+) -> optuna.Study:
+    """Run ``n_trials`` trials of experiment ``name`` in this process (more processes may join the study).
+
+    Args:
+        name: registered experiment (``mstnet list``).
+        n_trials: trials this process runs (K workers with ``n_trials`` each run K x n_trials).
+        storage: Optuna URL, ``journal:PATH`` or a storage object; default SQLite under
+            ``RUNS_DIR/<name>/tuning/study.db``.
+        study_name: default ``<name>-<preset>-<objective>``.
+        timeout: stop starting new trials after this many seconds.
+        pruner: "median" (default) or "hyperband".
+        objective: "fold0" (fold 0's inner validation) or "mean" (mean over every fold's).
+        preset: size preset ("tiny", "cpu", "paper").
+        runs_dir: results folder; its ``splits.json`` fixes the folds (shared with ``mstnet run``).
+        data: cohort folder (default: the embedded synthetic cohort of the preset).
+        device: "auto", "cpu" or "cuda".
+        epochs: epochs per stage (default: the preset's).
+        params: fixed overrides applied under every trial's suggestions.
+        seed: sampler seed (see :func:`open_study`).
+        split_seed: seed of the folds.
+        keep_checkpoints: keep ``last.pt``/``best.pt`` of every trial (off: only histories stay).
+        progress: show per-epoch progress bars.
+
+    Returns:
+        The study, with every trial of every worker so far.
+    """
+    from mstnet.experiments.presets import run_preset
+    from mstnet.experiments.registry import get_experiment
+    from mstnet.experiments.reproduce import prepare_runs
+    from mstnet.experiments.runner import RunOptions, resolve_recipe, run_fold
+    from mstnet.experiments.training import resolve_device, stages_for
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be at least 1; got {n_trials}")
+    spec = get_experiment(name)
+    if spec.kind != "torch":
+        raise ValueError(f"experiment {name!r} is {spec.kind}; tuning trains torch experiments only")
+    space: Callable[[Any], dict[str, Any]] = spec.search_space or default_search_space
+    runs_dir = Path(runs_dir)
+    base = tuning_dir(runs_dir, name)
+    base.mkdir(parents=True, exist_ok=True)
+    run_options = RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device),
+                             params=dict(params or {}), cache_dir=runs_dir / ".cache", progress=progress,
+                             evaluate_test=False)
+    prepared = prepare_runs(runs_dir, run_options.preset, data=data, seed=split_seed)
+    folds: Sequence[int] = (0,) if objective == "fold0" else tuple(range(prepared.splits.n_folds))
+    stages = stages_for(resolve_recipe(spec, run_options), spec.tasks)
+    stage_offsets = {stage.name: sum(s.epochs for s in stages[:i]) for i, stage in enumerate(stages)}
+    steps_per_fold = sum(stage.epochs for stage in stages)
+
+    storage = storage if storage is not None else default_storage(runs_dir, name)
+    study_name = study_name or default_study_name(name, preset, objective)
+    study = open_study(study_name, storage, pruner, seed=seed, max_resource=steps_per_fold * len(folds))
+    _check_study_attributes(study, {"experiment": name, "preset": preset, "objective": objective,
+                                    "splits_hash": prepared.splits.hash})
+
+    def run_trial(trial: optuna.Trial) -> float:
+        overrides = {**run_options.params, **space(trial)}
+        trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        trial_dir = base / f"trial{trial.number}"
+        trial.set_user_attr("run_dir", str(trial_dir))
+        scores = []
+        try:
+            for position, fold_index in enumerate(folds):
+                reporter = PruningReporter(trial, position * steps_per_fold, stage_offsets)
+                options = replace(run_options, params=overrides, callbacks=(reporter,))
+                result = run_fold(spec, prepared.cohort, prepared.splits, fold_index, trial_dir, options)
+                scores.append(final_stage_score(result["history"]))
+                trial.set_user_attr(f"fold{fold_index}_score", scores[-1])
+        finally:
+            if not keep_checkpoints:
+                for checkpoint in trial_dir.rglob("*.pt"):
+                    checkpoint.unlink()
+        return sum(scores) / len(scores)
+
+    log.info("tuning %s: study %r in %s, %d trial(s) in this process, objective %s, pruner %s", name, study_name,
+             describe_storage(storage), n_trials, objective, pruner)
+    study.optimize(run_trial, n_trials=n_trials, timeout=timeout, gc_after_trial=True)
+    write_best_params(study, base / BEST_PARAMS_FILE, describe_storage(storage))
+    return study
+
+
+def _check_study_attributes(study: optuna.Study, attributes: dict[str, Any]) -> None:
+    """Record what the study tunes; refuse to join a study made for another experiment, preset or folds."""
+    for key, value in attributes.items():
+        existing = study.user_attrs.get(key)
+        if existing is None:
+            study.set_user_attr(key, value)
+        elif existing != value:
+            raise RuntimeError(f"study {study.study_name!r} was made with {key}={existing!r}, not {value!r}; "
+                               "use another --study name")
+
+
+def best_overrides(study: optuna.Study) -> dict[str, Any]:
+    """The overrides (run params) of the study's best trial.
+
+    Raises:
+        ValueError: the study has no completed trial yet.
+    """
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise ValueError(f"study {study.study_name!r} has no completed trial yet")
+    best = study.best_trial
+    return dict(best.user_attrs.get(OVERRIDES_ATTR, best.params))
+
+
+def write_best_params(study: optuna.Study, path: Path, storage_text: str = "") -> Path | None:
+    """``best_params.json``: the best trial's overrides, value and the study's trial counts (None if no trial completed)."""
+    states = [t.state for t in study.trials]
+    try:
+        overrides = best_overrides(study)
+    except ValueError:
+        log.warning("study %r: no completed trial, %s not written", study.study_name, path)
+        return None
+    record = {
+        "study": study.study_name,
+        "storage": storage_text,
+        **{key: study.user_attrs.get(key) for key in ("experiment", "preset", "objective", "splits_hash")},
+        "best_trial": study.best_trial.number,
+        "best_value": study.best_value,
+        "params": overrides,
+        "trials": {state.name.lower(): states.count(state) for state in optuna.trial.TrialState if states.count(state)},
+    }
+    write_text_atomic(Path(path), json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def load_best_params(study_name: str, storage: str | optuna.storages.BaseStorage) -> dict[str, Any]:
+    """The best trial's overrides of an existing study, ready for ``RunOptions.params`` / ``mstnet run --set``.
+
+    Raises:
+        KeyError: no study of that name in the storage. ValueError: no completed trial yet.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    except KeyError:
+        raise KeyError(f"no Optuna study named {study_name!r} in {describe_storage(storage)}") from None
+    return best_overrides(study)
+
