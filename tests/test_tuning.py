@@ -135,6 +135,9 @@ def test_storage_forms(tmp_path):
     assert (tmp_path / "db").is_dir()
     with pytest.raises(ValueError, match="neither an Optuna URL"):
         make_storage(str(tmp_path / "study.db"))
+    with pytest.raises(FileNotFoundError, match="missing.db"):
+        load_best_params("any", f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()
     assert describe_storage("postgresql://tuner:secret@db.example:5432/optuna") == "postgresql://tuner:***@db.example:5432/optuna"
     assert "secret" not in describe_storage("postgresql://tuner:secret@db.example/optuna")
 
@@ -169,7 +172,7 @@ def test_tune_runs_trials_on_inner_validation_only_and_writes_best_params(tmp_pa
                  data=cohort, device="cpu", epochs=2, seed=0)
     assert [t.number for t in study.trials] == [0, 1]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    tuning = runs / "clinical-only" / "tuning"
+    tuning = runs / "clinical-only" / "tuning" / "smoke"
     for trial in study.trials:
         fold_dir = tuning / f"trial{trial.number}" / "clinical-only" / "fold0"
         history = pd.read_csv(fold_dir / "history.csv")
@@ -183,3 +186,10 @@ def test_tune_runs_trials_on_inner_validation_only_and_writes_best_params(tmp_pa
     assert record["params"] == study.best_trial.params == load_best_params("smoke", storage)
     assert set(record["params"]) == {"learning_rate", "weight_decay"}
     assert record["trials"] == {"complete": 2}
+
+    default = tune("clinical-only", n_trials=1, preset="tiny", runs_dir=runs, data=cohort, device="cpu", epochs=1, seed=0)
+    assert default.study_name == "clinical-only-tiny-fold0" and len(default.trials) == 1
+    assert (runs / "clinical-only" / "tuning" / "study.db").exists()
+    assert (runs / "clinical-only" / "tuning" / "clinical-only-tiny-fold0" / "trial0" / "clinical-only" / "fold0"
+            / "history.csv").exists()
+    assert json.loads((tuning / "best_params.json").read_text()) == record

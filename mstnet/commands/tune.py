@@ -33,7 +33,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Tune an experiment's hyperparameters with Optuna; the test folds are never evaluated."""
         from mstnet.commands.experiments import parse_assignments
-        from mstnet.experiments.tuning import BEST_PARAMS_FILE, OBJECTIVES, PRUNERS, best_overrides, tune, tuning_dir
+        from mstnet.experiments.tuning import BEST_PARAMS_FILE, OBJECTIVES, PRUNERS, best_overrides, study_dir, tune
 
         if pruner not in PRUNERS:
             raise typer.BadParameter(f"--pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}")
@@ -57,4 +57,4 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         for key, value in overrides.items():
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         console.print(table)
-        console.print(f"written to {tuning_dir(out, name) / BEST_PARAMS_FILE}")
+        console.print(f"written to {study_dir(out, name, result.study_name) / BEST_PARAMS_FILE}")

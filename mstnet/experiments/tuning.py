@@ -16,8 +16,9 @@ one study at once (``load_if_exists``):
 - ``journal:PATH``: an append-only journal file (``JournalStorage(JournalFileBackend(PATH))``),
   safe for several processes on one file system (NFS included) without a database server.
 
-Each trial runs in its own folder ``RUNS_DIR/<experiment>/tuning/trial<k>/`` (trials never
-resume one another's checkpoints); ``best_params.json`` is written beside the study.
+Each trial runs in its own folder ``RUNS_DIR/<experiment>/tuning/<study>/trial<k>/`` (trials
+never resume one another's checkpoints); ``best_params.json`` is written to
+``RUNS_DIR/<experiment>/tuning/<study>/``.
 
 Example::
 
@@ -59,10 +60,16 @@ def default_search_space(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def tuning_dir(runs_dir: Path, experiment: str) -> Path:
-    """``RUNS_DIR/<experiment>/tuning``: the study database, trial folders and ``best_params.json``."""
+    """``RUNS_DIR/<experiment>/tuning``: the default study database and one folder per study."""
     from mstnet.experiments.runner import experiment_dir
 
     return experiment_dir(Path(runs_dir), experiment) / "tuning"
+
+
+def study_dir(runs_dir: Path, experiment: str, study_name: str) -> Path:
+    """``RUNS_DIR/<experiment>/tuning/<study>``: the study's ``trial<k>/`` run folders and ``best_params.json``
+    (trial numbers restart in every study, so each study keeps its own folders)."""
+    return tuning_dir(runs_dir, experiment) / study_name.replace("/", "__")
 
 
 def default_storage(runs_dir: Path, experiment: str) -> str:
@@ -236,7 +243,8 @@ def tune(
         raise ValueError(f"experiment {name!r} is {spec.kind}; tuning trains torch experiments only")
     space: Callable[[Any], dict[str, Any]] = spec.search_space or default_search_space
     runs_dir = Path(runs_dir)
-    base = tuning_dir(runs_dir, name)
+    study_name = study_name or default_study_name(name, preset, objective)
+    base = study_dir(runs_dir, name, study_name)
     base.mkdir(parents=True, exist_ok=True)
     run_options = RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device),
                              params=dict(params or {}), cache_dir=runs_dir / ".cache", progress=progress,
@@ -248,7 +256,6 @@ def tune(
     steps_per_fold = sum(stage.epochs for stage in stages)
 
     storage = storage if storage is not None else default_storage(runs_dir, name)
-    study_name = study_name or default_study_name(name, preset, objective)
     study = open_study(study_name, storage, pruner, seed=seed, max_resource=steps_per_fold * len(folds))
     _check_study_attributes(study, {"experiment": name, "preset": preset, "objective": objective,
                                     "splits_hash": prepared.splits.hash})
@@ -327,8 +334,14 @@ def load_best_params(study_name: str, storage: str | optuna.storages.BaseStorage
     """The best trial's overrides of an existing study, ready for ``RunOptions.params`` / ``mstnet run --set``.
 
     Raises:
-        KeyError: no study of that name in the storage. ValueError: no completed trial yet.
+        FileNotFoundError: a SQLite or journal file that does not exist. KeyError: no study of that
+        name in the storage. ValueError: no completed trial yet.
     """
+    if isinstance(storage, str):
+        for prefix in ("sqlite:///", JOURNAL_PREFIX):
+            if storage.startswith(prefix) and not Path(storage[len(prefix):]).expanduser().exists():
+                raise FileNotFoundError(f"no Optuna study file at {storage[len(prefix):]} (storage {storage!r}); "
+                                        "run `mstnet tune` first or pass --storage")
     try:
         study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
     except KeyError:
