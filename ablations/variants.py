@@ -2,8 +2,10 @@
 
 Each variant is MST-Net as registered in :mod:`mstnet.experiments.catalog` with a small,
 declared change: fields of :class:`mstnet.models.config.MSTNetConfig` (``config``), the data
-it sees (``data_view``), its training recipe (``recipe``), or, for the one variant that drops
-the images altogether, its own builder (``clinical-only``). Every row is registered as an
+it sees (``data_view``), its training stages (``stages``), or, for the one variant that drops
+the images altogether, its own builder (``clinical-only``). Every other part of the recipe is
+MST-Net's registered recipe for each preset (learning rate, epochs, ...), so a variant and the
+full model differ only by the declared change. Every row is registered as an
 experiment of group ``"ablation"``, so ``mstnet ablate NAME``, ``mstnet run NAME`` and
 ``mstnet list --group ablation`` find it.
 
@@ -23,8 +25,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mstnet.experiments.catalog import TWO_STAGE, mstnet_builder, mstnet_search_space
-from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment
+from mstnet.experiments.catalog import mstnet_builder, mstnet_search_space
+from mstnet.experiments.registry import DataView, ModelContext, Recipe, get_experiment, register_experiment
 from mstnet.models.clinical import ClinicalEncoder
 from mstnet.models.config import MSTNetConfig, mstnet_config
 from mstnet.models.mstnet import SpatiotemporalClassifier
@@ -33,7 +35,7 @@ from mstnet.models.output import ModelOutput
 FULL_MODEL = "mstnet"
 """The registered experiment every ablation is compared with."""
 
-JOINT = dataclasses.replace(TWO_STAGE, stages=("joint",))
+JOINT_STAGES = ("joint",)
 """One multi-task stage (0.7 x segmentation + 0.3 x classification, the release's joint run)."""
 
 
@@ -48,7 +50,7 @@ class Ablation:
         config: overridden fields of ``MSTNetConfig`` (empty: the paper's configuration).
         data_view: time points and modalities fed (the full model: 2 time points + clinical).
         information: the oracle subset its inputs carry (a key of ``oracle.json``).
-        recipe: training recipe (the paper's two-stage recipe unless the variant changes it).
+        stages: training stages replacing MST-Net's two-stage recipe (None: MST-Net's, per preset).
         tasks: the tasks its model solves.
         build: a builder replacing MST-Net's (None: MST-Net with ``config``).
     """
@@ -59,7 +61,7 @@ class Ablation:
     config: dict[str, Any] = field(default_factory=dict)
     data_view: DataView = DataView(timepoints=2, use_clinical=True)
     information: str = "everything"
-    recipe: Recipe = TWO_STAGE
+    stages: tuple[str, ...] | None = None
     tasks: tuple[str, ...] = ("segmentation", "classification")
     build: Callable[[ModelContext], nn.Module] | None = None
 
@@ -72,8 +74,8 @@ class Ablation:
             parts.append(f"timepoints={self.data_view.timepoints}")
         if not self.data_view.use_clinical:
             parts.append("use_clinical=False")
-        if self.recipe.stages != TWO_STAGE.stages:
-            parts.append(f"stages={','.join(self.recipe.stages)}")
+        if self.stages is not None:
+            parts.append(f"stages={','.join(self.stages)}")
         return ", ".join(parts)
 
 
@@ -159,7 +161,7 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation(
         "joint-training", "One joint multi-task stage (0.7 segmentation + 0.3 classification) instead of two stages.",
         "Does end-to-end multi-task training beat the paper's two-stage recipe?",
-        config={"training": "joint"}, recipe=JOINT,
+        config={"training": "joint"}, stages=JOINT_STAGES,
     ),
     Ablation(
         "conv-stem", "A convolutional stem instead of the linear patch projection (201 M parameters at paper size).",
@@ -203,6 +205,14 @@ def ablation(name: str) -> Ablation:
     raise KeyError(f"no ablation named {name!r}; known: {', '.join(row.name for row in ABLATIONS)}")
 
 
+def recipes_like_full_model(stages: tuple[str, ...] | None) -> dict[str, Recipe]:
+    """MST-Net's registered recipe for every preset, with ``stages`` replaced when given."""
+    full = get_experiment(FULL_MODEL).recipe
+    if stages is None:
+        return dict(full)
+    return {preset: dataclasses.replace(recipe, stages=stages) for preset, recipe in full.items()}
+
+
 def _register(row: Ablation) -> None:
     unknown = set(row.config) - {f.name for f in dataclasses.fields(MSTNetConfig)}
     if unknown:
@@ -214,7 +224,7 @@ def _register(row: Ablation) -> None:
         group="ablation",
         information=row.information,
         data_view=row.data_view,
-        recipe={"default": row.recipe},
+        recipe=recipes_like_full_model(row.stages),
         footnote=f"MST-Net with {row.changes()}.",
         search_space=mstnet_search_space if row.build is None else None,
     )(row.build or mstnet_builder(**row.config))

@@ -100,8 +100,10 @@ def test_registered_metadata_matches_the_table():
         spec = get_experiment(row.name)
         assert spec.group == "ablation" and spec.description == row.description
         assert spec.data_view == row.data_view and spec.information == row.information
-        assert spec.recipe_for("cpu").stages == (("joint",) if row.name == "joint-training" else
-                                                 ("segmentation", "classification"))
+        for preset in ("tiny", "cpu", "paper"):
+            full = get_experiment("mstnet").recipe_for(preset)
+            stages = ("joint",) if row.name == "joint-training" else full.stages
+            assert spec.recipe_for(preset) == dataclasses.replace(full, stages=stages), (row.name, preset)
     assert ablation("image-only").information == "imaging_only"
     assert ablation("clinical-only").information == "clinical_only"
     assert ablation("single-timepoint").information == "single_timepoint"
