@@ -102,6 +102,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out: Path = typer.Option(Path("runs"), help="results folder"),
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
+        jobs: int = typer.Option(1, help="folds trained in parallel processes"),
     ) -> None:
         """Train and evaluate one experiment on the cross-validation folds; finished folds are skipped."""
         from mstnet.experiments.registry import get_experiment
@@ -111,7 +112,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         spec = get_experiment(name)
         options = build_options(synthetic or preset, device, epochs, parse_assignments(set_), out)
         prepared = prepare_runs(out, options.preset, data=data, seed=seed)
-        run_group(prepared, [spec], options, folds=parse_folds(folds))
+        run_group(prepared, [spec], options, folds=parse_folds(folds), jobs=jobs)
         console.print(f"results in {out / spec.name.replace('/', '__')}")
 
     @app.command("reproduce")
@@ -126,6 +127,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         epochs: int | None = typer.Option(None, help="epochs per training stage (default: the preset's)"),
         with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
         seed: int = typer.Option(0, help="seed of the folds"),
+        jobs: int | None = typer.Option(None, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
     ) -> None:
         """Run every experiment of a table on the same folds, then write the tables and figures."""
         from mstnet.experiments.registry import list_experiments
@@ -143,6 +145,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             specs = list_experiments("mstnet") + specs
         console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "
                       f"on {len(prepared.cohort)} patients -> {out}")
-        run_group(prepared, specs, options, folds=parse_folds(folds))
+        run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs)
         write_report(out, report_out, with_published=with_published and target == "paper-table")
         console.print(f"wall time {time.perf_counter() - clock:.0f} s")
