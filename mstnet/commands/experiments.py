@@ -103,6 +103,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
         jobs: int = typer.Option(1, help="folds trained in parallel processes"),
+        params_from: str | None = typer.Option(None, "--params", help="'best': the best trial of an Optuna study (--study, --storage); --set still wins"),
+        study: str | None = typer.Option(None, help="study for --params best (default <name>-<preset>-fold0)"),
+        storage: str | None = typer.Option(None, help="storage for --params best (default OUT/<name>/tuning/study.db)"),
     ) -> None:
         """Train and evaluate one experiment on the cross-validation folds; finished folds are skipped."""
         from mstnet.experiments.registry import get_experiment
@@ -110,7 +113,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         init_distributed()
         spec = get_experiment(name)
-        options = build_options(synthetic or preset, device, epochs, parse_assignments(set_), out)
+        params = parse_assignments(set_)
+        if params_from is not None:
+            if params_from != "best":
+                raise typer.BadParameter(f"--params takes 'best'; got {params_from!r}")
+            from mstnet.experiments.tuning import default_storage, default_study_name, load_best_params
+
+            params = {**load_best_params(study or default_study_name(name, synthetic or preset),
+                                         storage or default_storage(out, name)), **params}
+        options = build_options(synthetic or preset, device, epochs, params, out)
         prepared = prepare_runs(out, options.preset, data=data, seed=seed)
         run_group(prepared, [spec], options, folds=parse_folds(folds), jobs=jobs)
         console.print(f"results in {out / spec.name.replace('/', '__')}")

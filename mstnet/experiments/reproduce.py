@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,7 +67,10 @@ def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, se
     }, indent=2) + "\n")
     oracle = cohort_dir / "oracle.json"
     if oracle.exists():
-        shutil.copyfile(oracle, runs_dir / "oracle.json")
+        ceilings = json.loads(oracle.read_text())
+        ceilings = ceilings.get("auc", ceilings)
+        write_text_atomic(runs_dir / "oracle.json", json.dumps(
+            {key: float(value) for key, value in ceilings.items() if isinstance(value, (int, float))}, indent=2) + "\n")
     return PreparedRuns(runs_dir, cohort, splits)
 
 

@@ -642,11 +642,13 @@ def ensure_default_cohort(preset: str = "cpu", root: str | Path | None = None, s
         seed: master seed.
         workers: processes when generating.
         progress: show a progress bar when generating.
-        overrides: further parameters (they change the folder name through the fingerprint).
+        overrides: further parameters. The folder name carries the configuration's fingerprint,
+            so another version of the generator or other overrides never reuse a stale cohort.
     """
     from mstnet.synth.presets import synth_config
 
     config = synth_config(preset, seed=seed, **overrides)
-    name = f"{preset}_seed{seed}" if not overrides else f"{preset}_seed{seed}_{config.fingerprint()}"
+    # the fingerprint in the name: a changed generator (or override) makes a new folder, never a clash
+    name = f"{preset}_seed{seed}_{config.fingerprint()}"
     folder = Path(root) if root is not None else default_cohort_root()
     return synthesize_cohort(config, folder / name, workers=workers, progress=progress)
