@@ -206,3 +206,18 @@ def test_concurrent_callers_share_one_generation(bank, tmp_path):
     assert folders[0] == folders[1] == tmp_path / "shared"
     assert len(pd.read_csv(folders[0] / "manifest.csv")) == 6
     assert not (tmp_path / "shared.partial").exists()
+
+
+def test_clinical_record_carries_the_reading_the_brock_model_needs(cohort_dir):
+    """Nodule type and spiculation are in clinical.csv and agree with the ground truth they come from."""
+    from baselines.nondeep import BrockModel
+    from mstnet.data.features import patient_features
+    from mstnet.data.sources import load_cohort
+
+    clinical = pd.read_csv(cohort_dir / "clinical.csv").set_index("patient_id")
+    truth = pd.read_csv(cohort_dir / "ground_truth.csv").set_index("patient_id")
+    assert (clinical["nodule_type"] == truth.loc[clinical.index, "texture"]).all()
+    assert (clinical["spiculated"] == truth.loc[clinical.index, "spiculated"]).all()
+    features = patient_features(load_cohort(cohort_dir), timepoints=2)
+    risk = BrockModel().fit(features, np.zeros(len(features))).predict_proba(features)
+    assert risk.shape == (TINY_PATIENTS,) and np.all((risk > 0) & (risk < 1))

@@ -58,12 +58,13 @@ from mstnet.synth.thorax import TissueHU, WorldTexture, lung_mask_2d, make_anato
 log = logging.getLogger(__name__)
 
 CLINICAL_SCHEMA = ClinicalSchema(
-    categorical=("race", "cigsmok", "gender", "scr_res0", "scr_iso0", "family_history", "emphysema", "upper_lobe"),
+    categorical=("race", "cigsmok", "gender", "scr_res0", "scr_iso0", "family_history", "emphysema", "upper_lobe",
+                 "nodule_type", "spiculated"),
     numeric=("age", "pack_years", "nodule_count"),
 )
 """Columns of ``clinical.csv`` (NLST names first, then the Brock covariates)."""
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -514,6 +515,8 @@ def _build_cohort(config: SynthConfig, table: pd.DataFrame, results: dict[str, d
         for tp in result["timepoints"]:
             nodule = NoduleLocation(tp["x"], tp["y"], tp["z1"], tp["z2"]) if tp["x"] is not None else None
             scans.append(Scan(tp["timepoint"], tp["days"], folder / tp["image"], folder / tp["mask"], nodule))
+        # the radiologist's reading of the nodule (type, spiculation), as screening reports record it
+        record = {**record, "nodule_type": record["texture"]}
         clinical = {name: record[name] for name in CLINICAL_SCHEMA.columns}
         patients.append(Patient(record["patient_id"], int(record["label"]), tuple(scans), clinical))
     return Cohort(tuple(patients), CLINICAL_SCHEMA, root=folder, name=f"synthetic-{config.name}")
