@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mstnet.experiments.registry import Recipe
-from mstnet.experiments.training import fit, stages_for
+from mstnet.experiments.training import fit, stages_for, to_channels_last
 from mstnet.models.output import ModelOutput
 
 
@@ -123,3 +123,22 @@ def test_stages_follow_the_tasks_of_the_model():
     assert [(s.seg_weight, s.cls_weight) for s in stages_for(Recipe(), ("classification",))] == [(0.0, 0.3)]
     with pytest.raises(ValueError, match="unknown training stage 'pretrain'"):
         stages_for(Recipe(stages=("pretrain",)), ("segmentation",))
+
+
+def test_channels_last_changes_layout_not_values():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4), nn.ReLU(), nn.Conv3d(4, 2, 3, padding=1),
+                          nn.Flatten(0, 1), nn.Conv2d(4, 3, 3, padding=1))
+    inputs = torch.randn(2, 1, 4, 8, 8)
+    reference = model(inputs)
+    reference.sum().backward()
+    reference_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    to_channels_last(model)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert model[5].weight.is_contiguous(memory_format=torch.channels_last)
+    output = model(inputs)
+    output.sum().backward()
+    torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+    for parameter, expected in zip(model.parameters(), reference_grads):
+        torch.testing.assert_close(parameter.grad, expected, rtol=1e-4, atol=1e-5)

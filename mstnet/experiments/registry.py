@@ -48,7 +48,9 @@ class Recipe:
     The default is the public release's recipe: Adam, learning rate 1e-4, cosine decay to
     0.1x. ``stages`` is ``("joint",)`` for one stage on all losses, or
     ``("segmentation", "classification")`` for the paper's two-stage recipe (the second
-    stage freezes what the first trained).
+    stage freezes what the first trained). ``amp`` turns on autocast on CUDA (bf16 where
+    supported); ``channels_last`` stores convolution weights channels-last, which speeds up
+    3D convolutions on CPU and GPU without changing values.
     """
 
     epochs: int = 30
@@ -64,6 +66,7 @@ class Recipe:
     cls_loss_weight: float = 0.3
     augment: bool = True
     amp: bool = True
+    channels_last: bool = True
     seed: int = 0
 
 

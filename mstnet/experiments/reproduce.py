@@ -107,7 +107,10 @@ def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: 
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     worker_options = replace(options, progress=False)
-    tasks = [(spec.name, fold) for spec in specs for fold in folds]
+    # Dense-prediction networks cost several times a classifier's step: start them first so
+    # the short classification folds fill the end and both processes finish together.
+    ordered = sorted(specs, key=lambda spec: "segmentation" not in spec.tasks)
+    tasks = [(spec.name, fold) for spec in ordered for fold in folds]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_run_one_fold, name, prepared, worker_options, fold, threads) for name, fold in tasks]
         for future in tqdm(as_completed(futures), total=len(futures), desc="folds", disable=not options.progress):

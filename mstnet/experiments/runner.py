@@ -43,6 +43,7 @@ from mstnet.experiments.training import (
     malignancy_probability,
     move_batch,
     seed_everything,
+    to_channels_last,
 )
 from mstnet.metrics import classification_metrics, segmentation_metrics
 
@@ -267,6 +268,8 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
     data = FoldData(cohort, fold, spec, options)
     context = model_context(spec, data.encoder, options)
     model = spec.build(context).to(options.device)
+    if recipe.channels_last:
+        to_channels_last(model)
     config = {"experiment": spec.name, "fold": fold_index, "preset": asdict(options.preset), "recipe": asdict(recipe),
               "context": asdict(context), "model": getattr(model, "config_dict", lambda: None)()}
     if is_main_process():

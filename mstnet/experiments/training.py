@@ -109,6 +109,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Store convolution weights channels-last (3D: channels-last-3d), in place.
+
+    Convolutions then produce channels-last activations, which oneDNN on the CPU and cuDNN
+    on the GPU run faster (a 3D U-Net training step about 1.3x on this project's CPU; see
+    benchmarks/README.md). Values are unchanged: only the memory layout differs.
+    """
+    formats = {3: torch.channels_last_3d, 2: torch.channels_last}
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and len(module.kernel_size) in formats:
+            memory_format = formats[len(module.kernel_size)]
+            module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
