@@ -24,6 +24,7 @@ reproduce: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-json=reports/benchmarks.json
+	$(VENV)/bin/mstnet report --benchmarks reports/benchmarks.json --out reports/performance
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,83 +1,132 @@
-"""One training step (forward + backward + Adam step) at the cpu preset, 2 patients x 2 time points:
-MST-Net versus MONAI's UNETR applied per time point at the same hidden and feature size.
+"""Training step and inference per patient: MST-Net versus MONAI's UNETR and SwinUNETR.
 
-Run: ``.venv/bin/python -m pytest benchmarks/test_bench_model.py --benchmark-enable``. The
-ratio is printed and stored in the benchmark's ``extra_info``.
+Every model is built exactly as the harness builds it for ``mstnet reproduce`` (the
+registered experiments ``mstnet``, ``unetr`` and ``monai-swinunetr``) and fed the same
+batch: 4 patients x 2 time points of the run preset's crop (cpu: 16 x 48 x 48; on CUDA the
+paper preset, 16 x 512 x 512 at batch 1, bf16 autocast). A training step is forward,
+loss, backward and an Adam step, as in training; inference is one patient in eval mode.
+
+Layouts: ``channels_last`` (the harness default, ``Recipe.channels_last``) and
+``contiguous`` (before that change), to show what the layout buys.
+
+FLOPs per call come from torch.utils.flop_counter; ``test_matmul_ceiling`` measures this
+machine's float32 matmul throughput, against which the report prints each model's achieved
+fraction.
+
+Run: ``make bench`` (all benchmarks) or
+``.venv/bin/python -m pytest benchmarks/test_bench_model.py --benchmark-enable``.
 """
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
-from monai.networks.nets import UNETR
 
-from mstnet.models import ModelOutput, build_mstnet, mstnet_config
+from benchmarks._measure import count_flops, run_measured
+from mstnet.experiments.presets import run_preset
+from mstnet.experiments.registry import ModelContext, get_experiment
+from mstnet.experiments.training import autocast_context, forward_batch, stages_for, to_channels_last
 from mstnet.models.losses import MultiTaskLoss
 
-log = logging.getLogger(__name__)
+MODELS = ("mstnet", "unetr", "monai-swinunetr")
+LAYOUTS = ("channels_last", "contiguous")
+TIMEPOINTS = 2
+CLINICAL_CARDINALITIES = (3, 3, 4)
+NUM_NUMERIC = 2
+MATMUL_SIZE = 2048
 
-IMAGE_SIZE = (16, 64, 64)
-STEP_SECONDS: dict[str, float] = {}
-
-
-class UNETRPerTimepoint(torch.nn.Module):
-    """MONAI UNETR on each scan of [B, T, 1, D, H, W] (shared weights), segmentation only.
-
-    Same hidden size, MLP width and heads as the MST-Net preset; feature_size = the last
-    MST-Net decoder width, so UNETR's decoder widths (f, 2f, 4f, 8f) equal MST-Net's. UNETR
-    fixes its patch at 16 x 16 x 16 (MST-Net cpu: 4 x 16 x 16)."""
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.net = UNETR(1, 1, config.image_size, feature_size=config.decoder_channels[-1],
-                         hidden_size=config.hidden_size, mlp_dim=config.mlp_size, num_heads=config.num_heads,
-                         norm_name="batch")
-
-    def forward(self, images, clinical_categorical=None, clinical_numeric=None, days=None) -> ModelOutput:
-        batch, timepoints = images.shape[:2]
-        logits = self.net(images.flatten(0, 1))
-        return ModelOutput(seg_logits=logits.reshape(batch, timepoints, *logits.shape[1:]), cls_logits=None)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _training_step(model, inputs):
-    images, categorical, masks, labels, has_mask, days = inputs
+def _setting(device: str) -> tuple[str, int]:
+    """(preset, patients per training batch) benchmarked on ``device``."""
+    return ("paper", 1) if device == "cuda" else ("cpu", 4)
+
+
+def _model(name: str, device: str, layout: str) -> torch.nn.Module:
+    preset, _ = _setting(device)
+    context = ModelContext(image_size=run_preset(preset).crop_size, num_timepoints=TIMEPOINTS,
+                           clinical_cardinalities=CLINICAL_CARDINALITIES, num_numeric=NUM_NUMERIC,
+                           use_clinical=get_experiment(name).data_view.use_clinical, preset=preset)
+    torch.manual_seed(0)
+    model = get_experiment(name).build(context).to(device)
+    return to_channels_last(model) if layout == "channels_last" else model
+
+
+def _batch(patients: int, device: str) -> dict[str, torch.Tensor]:
+    preset, _ = _setting(device)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(patients, TIMEPOINTS, 1, *run_preset(preset).crop_size, generator=generator)
+    batch = {
+        "image": images,
+        "mask": (images > 1.5).float(),
+        "has_mask": torch.ones(patients, dtype=torch.bool),
+        "days": torch.tensor([[0.0, 365.0]] * patients),
+        "clinical_categorical": torch.ones(patients, len(CLINICAL_CARDINALITIES), dtype=torch.long),
+        "clinical_numeric": torch.zeros(patients, NUM_NUMERIC),
+        "label": torch.arange(patients) % 2,
+    }
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _synchronise(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", MODELS)
+def test_training_step(benchmark, name, layout, device):
+    benchmark.group = f"training step ({device})"
+    spec = get_experiment(name)
+    model = _model(name, device, layout).train()
+    _, patients = _setting(device)
+    batch = _batch(patients, device)
+    stage = stages_for(spec.recipe_for(_setting(device)[0]), spec.tasks)[0]
+    loss_fn = MultiTaskLoss(seg_weight=stage.seg_weight, cls_weight=stage.cls_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = MultiTaskLoss(0.7, 0.3)
+    use_clinical = spec.data_view.use_clinical
 
-    def step():
-        output = model(images, categorical, None, days)
-        loss, _ = loss_fn(output, masks, labels, has_mask)
+    def step() -> None:
+        with autocast_context(torch.device(device), enabled=True):
+            output = forward_batch(model, batch, use_clinical)
+            loss, _ = loss_fn(output, batch["mask"], batch["label"], batch["has_mask"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        _synchronise(device)
 
-    return step
+    baselines = []
+    if layout == "channels_last":
+        baselines.append(f"test_training_step[{name}-contiguous-{device}]")
+        if name != "unetr":
+            baselines.append(f"test_training_step[unetr-channels_last-{device}]")
+    run_measured(benchmark, step, rounds=5, items_per_call=patients, item="patient", flops=count_flops(step),
+                 parameters=sum(p.numel() for p in model.parameters()), baselines=baselines)
 
 
-def _inputs(config):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_per_patient(benchmark, name, device):
+    benchmark.group = f"inference, one patient ({device})"
+    spec = get_experiment(name)
+    model = _model(name, device, "channels_last").eval()
+    batch = _batch(1, device)
+
+    def infer() -> None:
+        with torch.no_grad(), autocast_context(torch.device(device), enabled=True):
+            forward_batch(model, batch, spec.data_view.use_clinical)
+        _synchronise(device)
+
+    run_measured(benchmark, infer, rounds=5, items_per_call=1, item="patient", flops=count_flops(infer))
+
+
+def test_matmul_ceiling(benchmark):
+    """float32 matmul of two 2048 x 2048 matrices on all threads: this machine's FLOP/s ceiling."""
+    benchmark.group = "ceiling"
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 2, 1, *config.image_size, generator=generator)
-    masks = (images > 1.5).float()
-    categorical = torch.zeros(2, len(config.clinical_cardinalities), dtype=torch.long)
-    return images, categorical, masks, torch.tensor([0, 1]), torch.tensor([True, True]), torch.tensor([[0.0, 365.0]] * 2)
-
-
-@pytest.mark.parametrize("name", ["mstnet", "unetr"])
-def test_training_step_cpu_preset(benchmark, name):
-    torch.manual_seed(0)
-    config = mstnet_config("cpu", image_size=IMAGE_SIZE, training="joint")
-    model = build_mstnet(config) if name == "mstnet" else UNETRPerTimepoint(config)
-    model.train()
-    step = _training_step(model, _inputs(config))
-    step()  # warm-up (allocator, oneDNN primitive caches)
-    benchmark.pedantic(step, rounds=5, iterations=1)
-    STEP_SECONDS[name] = benchmark.stats.stats.min
-    benchmark.extra_info["parameters"] = sum(p.numel() for p in model.parameters())
-    benchmark.extra_info["image_size"] = list(IMAGE_SIZE)
-    if len(STEP_SECONDS) == 2:
-        ratio = STEP_SECONDS["mstnet"] / STEP_SECONDS["unetr"]
-        benchmark.extra_info["mstnet_over_unetr"] = ratio
-        log.warning("training step, 2 patients x 2 time points at %s: MST-Net %.3f s, UNETR %.3f s, ratio %.2f",
-                    IMAGE_SIZE, STEP_SECONDS["mstnet"], STEP_SECONDS["unetr"], ratio)
+    left = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator)
+    right = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator)
+    run_measured(benchmark, lambda: torch.mm(left, right), rounds=10, flops=2 * MATMUL_SIZE**3, ceiling=True,
+                 threads=torch.get_num_threads())

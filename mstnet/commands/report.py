@@ -13,27 +13,40 @@ console = Console()
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("report")
     def report_command(
-        runs_dirs: list[Path] = typer.Argument(..., help="Results folders (RUNS_DIR) to report; several are merged.",
-                                               exists=True, file_okay=False, dir_okay=True),
-        out: Path | None = typer.Option(None, "--out", help="Report folder; defaults to reports/<name of the first RUNS_DIR>."),
+        runs_dirs: list[Path] = typer.Argument(None, help="Results folders (RUNS_DIR) to report; several are merged.",
+                                               exists=True, file_okay=False, dir_okay=True, show_default=False),
+        out: Path | None = typer.Option(None, "--out", help="Report folder; defaults to reports/<name of the first "
+                                        "RUNS_DIR>, or reports/performance with --benchmarks alone."),
+        benchmarks: Path | None = typer.Option(None, "--benchmarks", help="pytest-benchmark JSON (from `make bench`) "
+                                               "to render as the performance table.", dir_okay=False),
         with_published: bool = typer.Option(False, "--with-published",
                                             help="Show Table 1's published NLST numbers beside the measured ones."),
         reference: str = typer.Option("mstnet", "--reference", help="Experiment the others are compared with."),
         n_resamples: int = typer.Option(1000, "--resamples", min=1, help="Bootstrap resamples for intervals and bands."),
         seed: int = typer.Option(0, "--seed", help="Seed of every bootstrap."),
     ) -> None:
-        """Paper-style tables (Markdown, CSV, LaTeX, HTML), ablation table, figures and index.html."""
+        """Paper-style tables (Markdown, CSV, LaTeX, HTML), ablation table, figures and index.html;
+        with --benchmarks, the performance table of `make bench`."""
         from mstnet.reporting.build import build_report
+        from mstnet.reporting.performance import write_performance_report
         from mstnet.reporting.results import ResultsError
 
-        target = out or Path("reports") / runs_dirs[0].resolve().name
+        runs_dirs = runs_dirs or []
+        if not runs_dirs and benchmarks is None:
+            raise typer.BadParameter("give at least one RUNS_DIR or --benchmarks FILE")
+        target = out or (Path("reports") / runs_dirs[0].resolve().name if runs_dirs else Path("reports") / "performance")
         try:
-            index = build_report(runs_dirs, target, with_published=with_published, reference=reference,
-                                 n_resamples=n_resamples, seed=seed)
+            if runs_dirs:
+                index = build_report(runs_dirs, target, with_published=with_published, reference=reference,
+                                     n_resamples=n_resamples, seed=seed)
+                console.print(f"report: {index}")
+            if benchmarks is not None:
+                performance = write_performance_report(benchmarks, target)
+                console.print(f"performance: {performance}")
+                console.print(performance.read_text(), markup=False)
         except ResultsError as error:
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(code=1) from None
-        console.print(f"report: {index}")
         table = target / "paper_table.md"
-        if table.exists():
+        if runs_dirs and table.exists():
             console.print(table.read_text(), markup=False)

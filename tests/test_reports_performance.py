@@ -1,0 +1,65 @@
+"""The performance table rendered from a pytest-benchmark JSON file."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mstnet.cli import build_app
+from mstnet.reporting.performance import load_benchmarks, performance_frames, write_performance_report
+from mstnet.reporting.results import ResultsError
+
+
+def _entry(name, group, median, **extra):
+    return {"name": name, "group": group, "stats": {"median": median, "min": median * 0.9, "rounds": 5}, "extra_info": extra}
+
+
+@pytest.fixture
+def benchmark_json(tmp_path):
+    data = {
+        "datetime": "2026-11-24T00:00:00", "commit_info": {"id": "abcdef1234567"},
+        "machine_info": {"cpu": {"brand_raw": "test cpu", "count": 2}},
+        "benchmarks": [
+            _entry("matmul", "ceiling", 0.5, flops=10e9, ceiling=True),
+            _entry("step[mstnet]", "training", 2.0, flops=4e9, items_per_call=4, item="patient", peak_rss_mib=300.0,
+                   baselines=["step[unetr]", "missing"]),
+            _entry("step[unetr]", "training", 0.8, flops=2e9, items_per_call=4, item="patient"),
+        ],
+    }
+    path = tmp_path / "benchmarks.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_fractions_throughput_and_ratios_against_hand_computation(benchmark_json):
+    table, ratios = performance_frames(load_benchmarks(benchmark_json))
+    mstnet = table.set_index("benchmark").loc["step[mstnet]"]
+    ceiling_flops_per_s = 10e9 / 0.5
+    assert mstnet["achieved_gflops"] == pytest.approx(4e9 / 2.0 / 1e9)
+    assert mstnet["fraction_of_ceiling"] == pytest.approx((4e9 / 2.0) / ceiling_flops_per_s)
+    assert mstnet["throughput"] == "2 patient/s"
+    assert table.set_index("benchmark").loc["matmul", "fraction_of_ceiling"] == pytest.approx(1.0)
+    assert len(ratios) == 1, "a baseline missing from the file is left out"
+    assert ratios.iloc[0]["time_ratio"] == pytest.approx(2.0 / 0.8)
+    assert ratios.iloc[0]["speedup"] == pytest.approx(0.8 / 2.0)
+
+
+def test_written_files_and_cli(benchmark_json, tmp_path):
+    out = tmp_path / "perf"
+    result = CliRunner().invoke(build_app(), ["report", "--benchmarks", str(benchmark_json), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    markdown = (out / "performance.md").read_text()
+    assert "## Ratios" in markdown and "step[mstnet]" in markdown and "2.5" in markdown
+    assert list(pd.read_csv(out / "performance.csv")["benchmark"]) == ["matmul", "step[mstnet]", "step[unetr]"]
+
+
+def test_missing_or_foreign_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ResultsError, match="make bench"):
+        load_benchmarks(tmp_path / "nothing.json")
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"results": []}))
+    with pytest.raises(ResultsError, match="not a pytest-benchmark"):
+        write_performance_report(foreign, tmp_path / "out")
+    result = CliRunner().invoke(build_app(), ["report"])
+    assert result.exit_code != 0 and "RUNS_DIR or --benchmarks" in result.output
