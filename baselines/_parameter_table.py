@@ -1,8 +1,11 @@
 """Parameter counts and one-step training times of every registered baseline.
 
-``python -m baselines._parameter_table [--preset cpu] [--image-size 16 64 64] [--timepoints 2]``
+``python -m baselines._parameter_table [--preset cpu] [--image-size D H W] [--timepoints 2]``
 writes a Markdown table (name, group, tasks, parameters, floating-point operations and seconds
-of one training step on a batch of 4 patients; the FLOP count does not depend on machine load) to stdout; ``baselines/README.md`` quotes its output.
+of one training step on a batch of 4 patients, built and laid out (channels-last) as the
+harness does; the image size defaults to the run preset's crop; the FLOP count does not
+depend on machine load) to stdout; ``baselines/README.md`` quotes its output. MST-Net's
+row is there for comparison.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from baselines._common import count_parameters
+from mstnet.experiments.presets import run_preset
 from mstnet.experiments.registry import ModelContext, list_experiments
+from mstnet.experiments.training import to_channels_last
 from mstnet.models.losses import MultiTaskLoss
 
 BASELINE_GROUPS = ("paper-table", "reference")
@@ -30,7 +35,7 @@ def measure(name: str, preset: str, image_size: tuple[int, int, int], timepoints
     t = min(timepoints, spec.data_view.timepoints)
     context = ModelContext(image_size=image_size, num_timepoints=t, clinical_cardinalities=clinical_cardinalities,
                            num_numeric=num_numeric, use_clinical=spec.data_view.use_clinical, preset=preset)
-    model = spec.build(context)
+    model = to_channels_last(spec.build(context))
     model.train()
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, t, 1, *image_size, generator=generator)
@@ -59,12 +64,12 @@ def measure(name: str, preset: str, image_size: tuple[int, int, int], timepoints
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--image-size", type=int, nargs=3, default=(16, 64, 64))
+    parser.add_argument("--image-size", type=int, nargs=3, default=None, help="default: the run preset's crop")
     parser.add_argument("--timepoints", type=int, default=2)
     args = parser.parse_args(argv)
-    rows = [measure(spec.name, args.preset, tuple(args.image_size), args.timepoints)
-            for group in BASELINE_GROUPS for spec in list_experiments(group=group)
-            if spec.kind == "torch" and spec.name != "mstnet"]
+    image_size = tuple(args.image_size) if args.image_size else run_preset(args.preset).crop_size
+    rows = [measure(spec.name, args.preset, image_size, args.timepoints)
+            for group in BASELINE_GROUPS for spec in list_experiments(group=group) if spec.kind == "torch"]
     sys.stdout.write("| experiment | group | tasks | parameters | GFLOP per train step | train step (s) |\n"
                      "| --- | --- | --- | ---: | ---: | ---: |\n")
     for row in rows:

@@ -6,14 +6,17 @@ Every benchmark stores what the performance report needs in pytest-benchmark's
 - ``items_per_call`` and ``item``: how many patients / volumes / scans one timed call
   handles, for a throughput column;
 - ``flops``: floating-point operations of one timed call (torch.utils.flop_counter);
-- ``peak_rss_mib``: peak resident memory of the process during the timed calls, above the
-  resident size just before them; ``cuda_max_allocated_mib`` on CUDA;
+- ``peak_rss_mib``: peak resident memory of the process during the warm-up and timed calls,
+  above the resident size just before them; ``cuda_max_allocated_mib`` on CUDA;
 - ``baselines``: names of the benchmarks this one is compared with (time ratios in the report);
-- ``ceiling``: true for the matmul benchmark whose FLOP/s is this machine's ceiling.
+- ``ceiling``: true for the matmul benchmark whose best FLOP/s (fastest round) is this
+  machine's ceiling.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -86,11 +89,23 @@ def count_flops(function: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def release_free_memory() -> None:
+    """Hand memory freed by earlier work back to the OS (glibc ``malloc_trim``), so that the
+    next resident-size baseline is not inflated; a no-op where glibc is absent."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_measured(benchmark, function: Callable[[], Any], rounds: int, **extra: Any) -> PeakMemory:
-    """Benchmark ``function`` for ``rounds`` rounds (after one warm-up call) under
-    :class:`PeakMemory`; store the memory figures and ``extra`` in ``benchmark.extra_info``."""
-    function()
+    """Benchmark ``function`` for ``rounds`` rounds after one warm-up call; the peak memory
+    covers the warm-up too (it is where buffers and caches are allocated). Stores the memory
+    figures and ``extra`` in ``benchmark.extra_info``."""
+    release_free_memory()
     with PeakMemory() as memory:
+        function()
         benchmark.pedantic(function, rounds=rounds, iterations=1)
     benchmark.extra_info.update(memory.info())
     benchmark.extra_info.update(extra)

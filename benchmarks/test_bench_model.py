@@ -43,11 +43,11 @@ def _setting(device: str) -> tuple[str, int]:
     return ("paper", 1) if device == "cuda" else ("cpu", 4)
 
 
-def _model(name: str, device: str, layout: str) -> torch.nn.Module:
+def _model(name: str, device: str, layout: str, **params) -> torch.nn.Module:
     preset, _ = _setting(device)
     context = ModelContext(image_size=run_preset(preset).crop_size, num_timepoints=TIMEPOINTS,
                            clinical_cardinalities=CLINICAL_CARDINALITIES, num_numeric=NUM_NUMERIC,
-                           use_clinical=get_experiment(name).data_view.use_clinical, preset=preset)
+                           use_clinical=get_experiment(name).data_view.use_clinical, preset=preset, params=params)
     torch.manual_seed(0)
     model = get_experiment(name).build(context).to(device)
     return to_channels_last(model) if layout == "channels_last" else model
@@ -74,13 +74,10 @@ def _synchronise(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("name", MODELS)
-def test_training_step(benchmark, name, layout, device):
-    benchmark.group = f"training step ({device})"
+def _training_step(name: str, device: str, layout: str, **params):
+    """(one training step as a function, model) for experiment ``name``."""
     spec = get_experiment(name)
-    model = _model(name, device, layout).train()
+    model = _model(name, device, layout, **params).train()
     _, patients = _setting(device)
     batch = _batch(patients, device)
     stage = stages_for(spec.recipe_for(_setting(device)[0]), spec.tasks)[0]
@@ -97,13 +94,32 @@ def test_training_step(benchmark, name, layout, device):
         optimizer.step()
         _synchronise(device)
 
+    return step, model
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", MODELS)
+def test_training_step(benchmark, name, layout, device):
+    benchmark.group = f"training step ({device})"
+    step, model = _training_step(name, device, layout)
     baselines = []
     if layout == "channels_last":
         baselines.append(f"test_training_step[{name}-contiguous-{device}]")
         if name != "unetr":
             baselines.append(f"test_training_step[unetr-channels_last-{device}]")
-    run_measured(benchmark, step, rounds=5, items_per_call=patients, item="patient", flops=count_flops(step),
+    run_measured(benchmark, step, rounds=5, items_per_call=_setting(device)[1], item="patient", flops=count_flops(step),
                  parameters=sum(p.numel() for p in model.parameters()), baselines=baselines)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step_gradient_checkpointing(benchmark, device):
+    """MST-Net recomputing its ViT blocks and decoder stages in backward: memory against time."""
+    benchmark.group = f"training step ({device})"
+    step, model = _training_step("mstnet", device, "channels_last", gradient_checkpointing=True)
+    run_measured(benchmark, step, rounds=5, items_per_call=_setting(device)[1], item="patient", flops=count_flops(step),
+                 parameters=sum(p.numel() for p in model.parameters()),
+                 baselines=[f"test_training_step[mstnet-channels_last-{device}]"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -128,5 +144,5 @@ def test_matmul_ceiling(benchmark):
     generator = torch.Generator().manual_seed(0)
     left = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator)
     right = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator)
-    run_measured(benchmark, lambda: torch.mm(left, right), rounds=10, flops=2 * MATMUL_SIZE**3, ceiling=True,
+    run_measured(benchmark, lambda: torch.mm(left, right), rounds=20, flops=2 * MATMUL_SIZE**3, ceiling=True,
                  threads=torch.get_num_threads())

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -117,10 +118,16 @@ def test_results_folder_refuses_other_folds(tmp_path, cohort_dir):
         prepare_runs(tmp_path / "runs", run_preset("tiny"), data=cohort_dir, seed=7)
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available in this build")
 def test_ddp_with_two_cpu_processes_writes_a_result(tmp_path, cohort_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                "-m", "mstnet.cli", "run", "mstnet", "--preset", "tiny", "--data", str(cohort_dir), "--folds", "0",
                "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -237,9 +238,37 @@ def test_ablation_differences_are_paired_and_carry_the_oracle(runs_dir):
     assert 0.0 <= row["dice_p"] <= 1.0 and row["n_scans"] == 80
 
 
-def test_merging_refuses_an_experiment_in_two_folders(runs_dir):
-    with pytest.raises(ResultsError, match="experiment '.+' is in two results folders"):
+def test_merging_refuses_the_same_fold_in_two_folders(runs_dir):
+    with pytest.raises(ResultsError, match=r"experiment '.+' is in two results folders with fold\(s\) \[0, 1, 2, 3, 4\]"):
         load_many([runs_dir, runs_dir])
+
+
+def test_merging_joins_folds_run_in_separate_folders(runs_dir, tmp_path):
+    first, second = tmp_path / "machine_a", tmp_path / "machine_b"
+    shutil.copytree(runs_dir, first)
+    shutil.copytree(runs_dir, second)
+    for fold in (3, 4):
+        shutil.rmtree(first / "mstnet" / f"fold{fold}")
+    for fold in (0, 1, 2):
+        shutil.rmtree(second / "mstnet" / f"fold{fold}")
+    for folder in second.iterdir():
+        if folder.is_dir() and folder.name != "mstnet":
+            shutil.rmtree(folder)
+    merged, whole = load_many([first, second]), load_results(runs_dir)
+    key = ["experiment", "fold"]
+    pd.testing.assert_frame_equal(merged.fold_metrics.sort_values(key).reset_index(drop=True),
+                                  whole.fold_metrics.sort_values(key).reset_index(drop=True))
+    assert sorted(merged.experiments.index) == sorted(whole.experiments.index)
+    assert len(merged.predictions) == len(whole.predictions)
+
+
+def test_merging_refuses_an_experiment_on_other_folds(runs_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(runs_dir, other)
+    cohort = json.loads((other / "cohort.json").read_text())
+    (other / "cohort.json").write_text(json.dumps({**cohort, "splits_hash": "0" * 64}))
+    with pytest.raises(ResultsError, match="with different folds"):
+        load_many([runs_dir, other])
 
 
 def test_broken_file_error_names_the_file_and_column(tmp_path):

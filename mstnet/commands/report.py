@@ -27,26 +27,24 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Paper-style tables (Markdown, CSV, LaTeX, HTML), ablation table, figures and index.html;
         with --benchmarks, the performance table of `make bench`."""
-        from mstnet.reporting.build import build_report
-        from mstnet.reporting.performance import write_performance_report
+        from mstnet.reporting.build import build_report, write_performance
         from mstnet.reporting.results import ResultsError
 
         runs_dirs = runs_dirs or []
         if not runs_dirs and benchmarks is None:
             raise typer.BadParameter("give at least one RUNS_DIR or --benchmarks FILE")
         target = out or (Path("reports") / runs_dirs[0].resolve().name if runs_dirs else Path("reports") / "performance")
+        extra_benchmarks = [benchmarks] if benchmarks is not None else []
         try:
             if runs_dirs:
                 index = build_report(runs_dirs, target, with_published=with_published, reference=reference,
-                                     n_resamples=n_resamples, seed=seed)
+                                     n_resamples=n_resamples, seed=seed, benchmark_files=extra_benchmarks)
                 console.print(f"report: {index}")
-            if benchmarks is not None:
-                performance = write_performance_report(benchmarks, target)
-                console.print(f"performance: {performance}")
-                console.print(performance.read_text(), markup=False)
+            else:
+                write_performance(extra_benchmarks, target)
         except ResultsError as error:
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(code=1) from None
-        table = target / "paper_table.md"
-        if runs_dirs and table.exists():
-            console.print(table.read_text(), markup=False)
+        for name in ("paper_table.md", "performance.md"):
+            if (target / name).exists() and (name != "performance.md" or benchmarks is not None):
+                console.print((target / name).read_text(), markup=False)

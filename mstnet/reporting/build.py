@@ -25,6 +25,7 @@ import pandas as pd
 
 from mstnet.reporting import figures as report_figures
 from mstnet.reporting import tables
+from mstnet.reporting.performance import performance_texts
 from mstnet.reporting.html import STYLE, Section, frame_table, key_value_table, render_index
 from mstnet.reporting.results import Results, is_benchmark_json, load_many
 
@@ -86,6 +87,17 @@ def _meta_lines(results: Results) -> list[str]:
     lines.append(f"{len(results.experiments)} experiments, "
                  f"{len(results.fold_metrics)} folds. Tables: fractions as percent, distances in mm.")
     return lines
+
+
+def write_performance(benchmark_files: Sequence[str | Path], out_dir: str | Path) -> tuple[list[Path], str]:
+    """The performance table of pytest-benchmark JSON files: ``performance.{md,csv,html}`` and
+    ``performance_ratios.csv`` in ``out_dir``; returns the written paths (Markdown first) and the HTML body."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts, body = performance_texts([Path(p) for p in benchmark_files])
+    files = [write_text_atomic(out_dir / name, text) for name, text in texts.items()]
+    files.append(write_text_atomic(out_dir / "performance.html", _standalone("Performance", body)))
+    return files, body
 
 
 def build_report(
@@ -150,11 +162,7 @@ def build_report(
     benchmarks = sorted({*results.benchmark_files, *map(Path, benchmark_files),
                          *(p for p in out_dir.glob("benchmark*.json") if is_benchmark_json(p))})
     if benchmarks:
-        frame = tables.benchmark_frame(benchmarks)
-        files = [write_text_atomic(out_dir / "performance.md", tables.benchmark_markdown(frame)),
-                 write_text_atomic(out_dir / "performance.csv", frame.to_csv(index=False))]
-        body = tables.benchmark_html(frame)
-        files.append(write_text_atomic(out_dir / "performance.html", _standalone("Performance", body)))
+        files, body = write_performance(benchmarks, out_dir)
         sections.append(Section("Performance", body, files))
 
     experiments = experiments_frame(results)

@@ -3,20 +3,21 @@
 Reads only the JSON file. Each benchmark's ``extra_info`` may carry (see
 ``benchmarks/_measure.py``): ``items_per_call`` and ``item`` (throughput), ``flops`` (per
 call), ``peak_rss_mib``, ``cuda_max_allocated_mib``, ``parameters``, ``baselines`` (names of
-benchmarks to compare with) and ``ceiling`` (the matmul benchmark whose FLOP/s is the
+benchmarks to compare with) and ``ceiling`` (the matmul benchmark whose best FLOP/s is the
 machine's ceiling). Times are medians over the benchmark's rounds.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mstnet.data.cohort import write_text_atomic
 from mstnet.reporting.results import ResultsError
 
 PERFORMANCE_COLUMNS = ("group", "benchmark", "median_s", "min_s", "rounds", "throughput", "gflop_per_call",
@@ -44,13 +45,13 @@ def load_benchmarks(path: Path) -> dict[str, Any]:
 def performance_frames(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(performance table, ratio table) of a pytest-benchmark result.
 
-    ``fraction_of_ceiling`` is a benchmark's FLOP/s (``flops`` / median time) over the
-    FLOP/s of the benchmark marked ``ceiling``; ``time_ratio`` is median time over the
-    baseline's median time, ``speedup`` its inverse.
+    ``fraction_of_ceiling`` is a benchmark's FLOP/s (``flops`` / median time) over the best
+    FLOP/s (``flops`` / fastest round) of the benchmark marked ``ceiling``; ``time_ratio``
+    is median time over the baseline's median time, ``speedup`` its inverse.
     """
     entries = {entry["name"]: entry for entry in data["benchmarks"]}
     ceiling = next((e for e in entries.values() if e.get("extra_info", {}).get("ceiling")), None)
-    ceiling_flops_per_s = (ceiling["extra_info"]["flops"] / ceiling["stats"]["median"]) if ceiling else math.nan
+    ceiling_flops_per_s = (ceiling["extra_info"]["flops"] / ceiling["stats"]["min"]) if ceiling else math.nan
     rows, ratios = [], []
     for name, entry in entries.items():
         info, median = entry.get("extra_info", {}), entry["stats"]["median"]
@@ -84,12 +85,20 @@ def _cell(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+TABLE_HEADERS = {"benchmark": "benchmark", "median_s": "median (s)", "min_s": "min (s)", "throughput": "throughput",
+                 "gflop_per_call": "GFLOP/call", "achieved_gflops": "GFLOP/s", "fraction_of_ceiling": "of ceiling",
+                 "peak_rss_mib": "peak RSS (MiB)", "cuda_max_allocated_mib": "CUDA max (MiB)"}
+RATIO_HEADERS = {"benchmark": "benchmark", "baseline": "baseline", "time_ratio": "time ratio", "speedup": "speed-up"}
+EXPLANATION = ("Times are medians over the rounds; throughput = items per call / median; FLOP counts from "
+               "torch.utils.flop_counter; *of ceiling* = achieved FLOP/s over the best measured float32 matmul FLOP/s "
+               "(its fastest round); peak memory = resident size added during the warm-up and timed calls. *time ratio* = a benchmark's median time "
+               "over its baseline's; *speed-up* = the inverse.")
 
 
 def _markdown(frame: pd.DataFrame, headers: dict[str, str]) -> str:
@@ -99,35 +108,54 @@ def _markdown(frame: pd.DataFrame, headers: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_performance_report(benchmarks_json: Path, out_dir: Path) -> Path:
-    """Write ``performance.md``, ``performance.csv`` and ``performance_ratios.csv`` into ``out_dir``."""
-    data = load_benchmarks(benchmarks_json)
-    table, ratios = performance_frames(data)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "performance.csv", table.to_csv(index=False))
-    write_text_atomic(out_dir / "performance_ratios.csv", ratios.to_csv(index=False))
+def _source_line(path: Path, data: dict[str, Any]) -> str:
     machine = data.get("machine_info", {})
-    commit = data.get("commit_info", {}).get("id", "?")
-    cpu = machine.get("cpu", {}).get("brand_raw") or machine.get("processor") or "?"
-    header = (f"# Performance\n\nFrom `{Path(benchmarks_json).name}` ({data.get('datetime', '?')}, commit "
-              f"{str(commit)[:10]}, {cpu}, {machine.get('cpu', {}).get('count', '?')} cores). Times are medians "
-              "over the rounds; throughput = items per call / median; FLOP counts from "
-              "torch.utils.flop_counter; *of ceiling* = achieved FLOP/s over the measured float32 matmul "
-              "FLOP/s; peak memory = resident size added during the timed calls.\n")
-    sections = [header]
+    cpu = machine.get("cpu", {})
+    return (f"`{path.name}`: {data.get('datetime', '?')}, commit {str(data.get('commit_info', {}).get('id', '?'))[:10]}, "
+            f"{cpu.get('brand_raw') or machine.get('processor') or '?'}, {cpu.get('count', '?')} cores")
+
+
+def collect(paths: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Performance and ratio tables of several benchmark files (a ``file`` column added), and one
+    source line per file (date, commit, CPU)."""
+    tables, ratio_tables, sources = [], [], []
+    for path in map(Path, paths):
+        data = load_benchmarks(path)
+        table, ratios = performance_frames(data)
+        tables.append(table.assign(file=path.name))
+        ratio_tables.append(ratios.assign(file=path.name))
+        sources.append(_source_line(path, data))
+    return pd.concat(tables, ignore_index=True), pd.concat(ratio_tables, ignore_index=True), sources
+
+
+def performance_markdown(table: pd.DataFrame, ratios: pd.DataFrame, sources: Sequence[str]) -> str:
+    """The performance report as Markdown: one table per benchmark group, then the ratios."""
+    sections = ["# Performance\n", "\n".join(f"- {line}" for line in sources) + "\n", EXPLANATION + "\n"]
     for group, frame in table.groupby("group", sort=False):
-        sections.append(f"## {group or 'other'}\n")
-        sections.append(_markdown(frame, {"benchmark": "benchmark", "median_s": "median (s)", "min_s": "min (s)",
-                                          "throughput": "throughput", "gflop_per_call": "GFLOP/call",
-                                          "achieved_gflops": "GFLOP/s", "fraction_of_ceiling": "of ceiling",
-                                          "peak_rss_mib": "peak RSS (MiB)",
-                                          "cuda_max_allocated_mib": "CUDA max (MiB)"}) + "\n")
+        sections += [f"## {group or 'other'}\n", _markdown(frame, TABLE_HEADERS) + "\n"]
     if len(ratios):
-        sections.append("## Ratios\n\n`time ratio` = this benchmark's median time / the baseline's; "
-                        "`speed-up` = its inverse.\n")
-        sections.append(_markdown(ratios, {"benchmark": "benchmark", "baseline": "baseline",
-                                           "time_ratio": "time ratio", "speedup": "speed-up"}) + "\n")
-    path = out_dir / "performance.md"
-    write_text_atomic(path, "\n".join(sections))
-    return path
+        sections += ["## Ratios\n", _markdown(ratios, RATIO_HEADERS) + "\n"]
+    return "\n".join(sections)
+
+
+def performance_html(table: pd.DataFrame, ratios: pd.DataFrame, sources: Sequence[str]) -> str:
+    """The performance report as HTML tables."""
+    from mstnet.reporting.html import frame_table
+
+    parts = [f"<p>{html.escape('; '.join(sources))}. {html.escape(EXPLANATION)}</p>"]
+    for group, frame in table.groupby("group", sort=False):
+        parts.append(frame_table(group or "other", list(TABLE_HEADERS.values()),
+                                 [[_cell(row[c]) for c in TABLE_HEADERS] for _, row in frame.iterrows()]))
+    if len(ratios):
+        parts.append(frame_table("Ratios", list(RATIO_HEADERS.values()),
+                                 [[_cell(row[c]) for c in RATIO_HEADERS] for _, row in ratios.iterrows()]))
+    return "".join(parts)
+
+
+def performance_texts(benchmark_files: Sequence[Path]) -> tuple[dict[str, str], str]:
+    """({file name: text} of performance.md, performance.csv, performance_ratios.csv; HTML body)."""
+    table, ratios, sources = collect(benchmark_files)
+    texts = {"performance.md": performance_markdown(table, ratios, sources),
+             "performance.csv": table.to_csv(index=False),
+             "performance_ratios.csv": ratios.to_csv(index=False)}
+    return texts, performance_html(table, ratios, sources)

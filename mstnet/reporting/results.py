@@ -248,20 +248,44 @@ def is_benchmark_json(path: Path) -> bool:
     return isinstance(payload, dict) and "machine_info" in payload and isinstance(payload.get("benchmarks"), list)
 
 
+def _first_row_per_experiment(experiments: pd.DataFrame) -> pd.DataFrame:
+    return experiments[~experiments.index.duplicated(keep="first")]
+
+
+def _splits_hash(part: Results) -> str | None:
+    return next((c.get("splits_hash") for c in part.cohorts if c.get("splits_hash")), None)
+
+
 def merge_results(parts: Iterable[Results]) -> Results:
-    """One :class:`Results` from several; an experiment name present in two folders is an error."""
+    """One :class:`Results` from several RUNS_DIRs.
+
+    An experiment may appear in several folders when they share the folds (same splits
+    hash) and hold different folds of it, e.g. ``mstnet run NAME --folds k`` run on several
+    machines, each into its own folder; the same fold twice, or one experiment on other
+    folds, is an error.
+    """
     parts = list(parts)
     if not parts:
         raise ResultsError("no results folders given")
     if len(parts) == 1:
         return parts[0]
-    seen: dict[str, Path] = {}
+    seen: dict[str, tuple[Path, str | None, set[int]]] = {}
     for part in parts:
+        part_hash = _splits_hash(part)
         for name, folder in part.experiments["folder"].items():
-            if name in seen:
-                raise ResultsError(f"experiment {name!r} is in two results folders: {seen[name]} and {folder}; "
+            folds = set(part.fold_metrics.loc[part.fold_metrics["experiment"] == name, "fold"].astype(int))
+            if name not in seen:
+                seen[name] = (folder, part_hash, folds)
+                continue
+            first_folder, first_hash, first_folds = seen[name]
+            if part_hash is None or part_hash != first_hash:
+                raise ResultsError(f"experiment {name!r} is in two results folders with different folds (splits hash "
+                                   f"{str(first_hash)[:12]} in {first_folder}, {str(part_hash)[:12]} in {folder}); "
                                    "report them separately or remove one")
-            seen[name] = folder
+            if first_folds & folds:
+                raise ResultsError(f"experiment {name!r} is in two results folders with fold(s) "
+                                   f"{sorted(first_folds & folds)} in both ({first_folder} and {folder}); keep one copy")
+            seen[name] = (first_folder, first_hash, first_folds | folds)
     oracle: dict[str, float] = {}
     for part in parts:
         for key, value in part.oracle.items():
@@ -275,7 +299,7 @@ def merge_results(parts: Iterable[Results]) -> Results:
                     len(hashes))
     return Results(
         runs_dirs=tuple(d for part in parts for d in part.runs_dirs),
-        experiments=pd.concat([p.experiments for p in parts]),
+        experiments=_first_row_per_experiment(pd.concat([p.experiments for p in parts])),
         fold_metrics=pd.concat([p.fold_metrics for p in parts], ignore_index=True),
         predictions=pd.concat([p.predictions for p in parts if len(p.predictions)] or [parts[0].predictions], ignore_index=True),
         segmentation=pd.concat([p.segmentation for p in parts if len(p.segmentation)] or [parts[0].segmentation], ignore_index=True),
@@ -284,7 +308,7 @@ def merge_results(parts: Iterable[Results]) -> Results:
         cohorts=tuple(c for part in parts for c in part.cohorts), oracle=oracle,
         published=next((p.published for p in parts if p.published is not None), None),
         galleries={k: v for part in parts for k, v in part.galleries.items()},
-        studies={k: v for part in parts for k, v in part.studies.items()},
+        studies={k: v for part in reversed(parts) for k, v in part.studies.items()},
         benchmark_files=tuple(f for part in parts for f in part.benchmark_files),
     )
 

@@ -27,7 +27,6 @@ Renderings: CSV (raw numbers: fractions in [0, 1], distances in mm), Markdown, L
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -774,38 +773,3 @@ def ablation_csv(table: AblationTable) -> str:
     """The ablation frame with raw numbers (fractions) and p-values."""
     return table.frame.to_csv(index=False)
 
-
-# ---------------------------------------------------------------------------------------------
-# pytest-benchmark performance table
-
-
-def benchmark_frame(paths: Sequence[Path]) -> pd.DataFrame:
-    """name, mean_s, stddev_s, ops (1/s), rounds, file, from pytest-benchmark JSON files."""
-    rows = []
-    for path in paths:
-        payload = json.loads(Path(path).read_text())
-        for bench in payload.get("benchmarks", []):
-            statistics = bench.get("stats", {})
-            rows.append({"name": bench.get("fullname") or bench.get("name"), "mean_s": statistics.get("mean"),
-                         "stddev_s": statistics.get("stddev"), "ops": statistics.get("ops"),
-                         "rounds": statistics.get("rounds"), "file": Path(path).name})
-    return pd.DataFrame(rows, columns=["name", "mean_s", "stddev_s", "ops", "rounds", "file"])
-
-
-def benchmark_markdown(frame: pd.DataFrame) -> str:
-    """The performance table as Markdown (mean and stddev in ms)."""
-    lines = ["| Benchmark | mean (ms) | stddev (ms) | ops/s | rounds |", "| --- | --- | --- | --- | --- |"]
-    for _, row in frame.iterrows():
-        lines.append(f"| {row['name']} | {1000 * row['mean_s']:.3f} | {1000 * row['stddev_s']:.3f} | "
-                     f"{row['ops']:.1f} | {row['rounds']} |")
-    return "\n".join(lines) + "\n"
-
-
-def benchmark_html(frame: pd.DataFrame) -> str:
-    """The performance table as HTML."""
-    body = "".join(f"<tr><th scope=\"row\">{html.escape(str(r['name']))}</th><td>{1000 * r['mean_s']:.3f}</td>"
-                   f"<td>{1000 * r['stddev_s']:.3f}</td><td>{r['ops']:.1f}</td><td>{r['rounds']}</td></tr>"
-                   for _, r in frame.iterrows())
-    return ("<table class=\"results\"><caption>Performance (pytest-benchmark)</caption><thead><tr><th>Benchmark</th>"
-            "<th>mean (ms)</th><th>stddev (ms)</th><th>ops/s</th><th>rounds</th></tr></thead>"
-            f"<tbody>{body}</tbody></table>")
