@@ -41,17 +41,20 @@ def measure(name: str, preset: str, image_size: tuple[int, int, int], timepoints
     images = torch.randn(batch, t, 1, *image_size, generator=generator)
     masks = (torch.rand(batch, t, 1, *image_size, generator=generator) > 0.9).float()
     labels = torch.tensor([0, 1] * (batch // 2))
+    inputs = {"clinical_categorical": torch.ones(batch, len(clinical_cardinalities), dtype=torch.long),
+              "clinical_numeric": torch.zeros(batch, num_numeric),
+              "days": torch.arange(t, dtype=torch.float32).repeat(batch, 1) * 365.0}
     has_mask = torch.ones(batch, t, dtype=torch.bool)
     loss_fn = MultiTaskLoss(seg_weight=1.0 if "segmentation" in spec.tasks else 0.0,
                             cls_weight=1.0 if "classification" in spec.tasks else 0.0)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = loss_fn(model(images), masks, labels, has_mask)
+        loss, _ = loss_fn(model(images, **inputs), masks, labels, has_mask)
         loss.backward()
     model.zero_grad(set_to_none=True)
     timings = []
     for _ in range(3):
         start = time.perf_counter()
-        output = model(images)
+        output = model(images, **inputs)
         loss, _ = loss_fn(output, masks, labels, has_mask)
         loss.backward()
         model.zero_grad(set_to_none=True)

@@ -267,6 +267,10 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
     seed_everything(recipe.seed + fold_index)
     data = FoldData(cohort, fold, spec, options)
     context = model_context(spec, data.encoder, options)
+    if options.device.type == "cuda":
+        # Fixed input sizes: let cuDNN pick the fastest convolution algorithms (seeding still fixes
+        # initialisation and data order; cuDNN's choice may change the last bits of results).
+        torch.backends.cudnn.benchmark = True
     model = spec.build(context).to(options.device)
     if recipe.channels_last:
         to_channels_last(model)

@@ -213,6 +213,8 @@ def load_results(runs_dir: str | Path) -> Results:
         "experiment", "description", "group", "table_row", "tasks", "information", "footnote", "kind", "folder",
         "runs_dir"]).set_index("experiment")
     cohort = _read_json(runs_dir / "cohort.json") if (runs_dir / "cohort.json").exists() else {}
+    if (runs_dir / "splits.json").exists():
+        cohort["cv_folds"] = _read_json(runs_dir / "splits.json").get("n_folds")
     oracle = _read_json(runs_dir / "oracle.json") if (runs_dir / "oracle.json").exists() else {}
     published = _read_json(runs_dir / "published.json") if (runs_dir / "published.json").exists() else None
     benchmark_files = tuple(sorted({p for pattern in BENCHMARK_PATTERNS for p in runs_dir.glob(pattern)

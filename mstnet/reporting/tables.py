@@ -321,9 +321,15 @@ def _cohort_note(results: Results) -> str:
                                             else None, f"{cohort['malignant']} malignant" if "malignant" in cohort else None)
                            if x)
         parts.append(f"{cohort['name']} ({detail})" if detail else str(cohort["name"]))
-    n_folds = sorted(set(results.fold_metrics["fold"].groupby(results.fold_metrics["experiment"]).size()))
-    folds = "/".join(str(n) for n in n_folds)
-    return f"Measured on {'; '.join(dict.fromkeys(parts))}; {folds}-fold cross-validation, out-of-fold test patients."
+    evaluated = sorted(set(results.fold_metrics["fold"].groupby(results.fold_metrics["experiment"]).size()))
+    designed = {c.get("cv_folds") for c in results.cohorts} - {None}
+    if len(designed) == 1 and evaluated == [next(iter(designed))]:
+        design = f"{evaluated[0]}-fold cross-validation"
+    elif len(designed) == 1:
+        design = f"{'/'.join(map(str, evaluated))} of the {next(iter(designed))} folds of a cross-validation"
+    else:
+        design = f"{'/'.join(map(str, evaluated))} cross-validation fold(s) per experiment"
+    return f"Measured on {'; '.join(dict.fromkeys(parts))}; {design}, out-of-fold test patients."
 
 
 def table_notes(results: Results, names: list[str], reference: str, n_resamples: int, seed: int,
