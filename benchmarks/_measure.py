@@ -9,8 +9,9 @@ Every benchmark stores what the performance report needs in pytest-benchmark's
 - ``peak_rss_mib``: peak resident memory of the process during the warm-up and timed calls,
   above the resident size just before them; ``cuda_max_allocated_mib`` on CUDA;
 - ``baselines``: names of the benchmarks this one is compared with (time ratios in the report);
-- ``ceiling``: true for the matmul benchmark whose best FLOP/s (fastest round) is this
-  machine's ceiling.
+- ``device``: "cpu" (the default) or "cuda";
+- ``ceiling``: true for the matmul benchmark whose best FLOP/s (fastest round) is the
+  ceiling of its device.
 """
 
 from __future__ import annotations

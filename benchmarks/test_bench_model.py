@@ -9,9 +9,9 @@ loss, backward and an Adam step, as in training; inference is one patient in eva
 Layouts: ``channels_last`` (the harness default, ``Recipe.channels_last``) and
 ``contiguous`` (before that change), to show what the layout buys.
 
-FLOPs per call come from torch.utils.flop_counter; ``test_matmul_ceiling`` measures this
-machine's float32 matmul throughput, against which the report prints each model's achieved
-fraction.
+FLOPs per call come from torch.utils.flop_counter; ``test_matmul_ceiling`` measures each
+device's matmul throughput (CPU float32, CUDA bfloat16), against which the report prints each
+model's achieved fraction.
 
 Run: ``make bench`` (all benchmarks) or
 ``.venv/bin/python -m pytest benchmarks/test_bench_model.py --benchmark-enable``.
@@ -109,7 +109,7 @@ def test_training_step(benchmark, name, layout, device):
         if name != "unetr":
             baselines.append(f"test_training_step[unetr-channels_last-{device}]")
     run_measured(benchmark, step, rounds=5, items_per_call=_setting(device)[1], item="patient", flops=count_flops(step),
-                 parameters=sum(p.numel() for p in model.parameters()), baselines=baselines)
+                 parameters=sum(p.numel() for p in model.parameters()), baselines=baselines, device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -119,7 +119,7 @@ def test_training_step_gradient_checkpointing(benchmark, device):
     step, model = _training_step("mstnet", device, "channels_last", gradient_checkpointing=True)
     run_measured(benchmark, step, rounds=5, items_per_call=_setting(device)[1], item="patient", flops=count_flops(step),
                  parameters=sum(p.numel() for p in model.parameters()),
-                 baselines=[f"test_training_step[mstnet-channels_last-{device}]"])
+                 baselines=[f"test_training_step[mstnet-channels_last-{device}]"], device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -135,14 +135,22 @@ def test_inference_per_patient(benchmark, name, device):
             forward_batch(model, batch, spec.data_view.use_clinical)
         _synchronise(device)
 
-    run_measured(benchmark, infer, rounds=5, items_per_call=1, item="patient", flops=count_flops(infer))
+    run_measured(benchmark, infer, rounds=5, items_per_call=1, item="patient", flops=count_flops(infer), device=device)
 
 
-def test_matmul_ceiling(benchmark):
-    """float32 matmul of two 2048 x 2048 matrices on all threads: this machine's FLOP/s ceiling."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_matmul_ceiling(benchmark, device):
+    """A large matmul on all threads (CPU: float32, 2048^2; CUDA: bfloat16, the dtype autocast
+    trains in, 8192^2): the FLOP/s ceiling of ``device``."""
     benchmark.group = "ceiling"
+    size, dtype = (MATMUL_SIZE, torch.float32) if device == "cpu" else (4 * MATMUL_SIZE, torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
-    left = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator)
-    right = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator)
-    run_measured(benchmark, lambda: torch.mm(left, right), rounds=20, flops=2 * MATMUL_SIZE**3, ceiling=True,
-                 threads=torch.get_num_threads())
+    left = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    right = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+
+    def multiply() -> None:
+        torch.mm(left, right)
+        _synchronise(device)
+
+    run_measured(benchmark, multiply, rounds=20, flops=2 * size**3, ceiling=True, device=device,
+                 dtype=str(dtype).removeprefix("torch."), threads=torch.get_num_threads())

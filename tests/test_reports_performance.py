@@ -26,6 +26,8 @@ def benchmark_json(tmp_path):
             _entry("step[mstnet]", "training", 2.0, flops=4e9, items_per_call=4, item="patient", peak_rss_mib=300.0,
                    baselines=["step[unetr]", "missing"]),
             _entry("step[unetr]", "training", 0.8, flops=2e9, items_per_call=4, item="patient"),
+            _entry("matmul[cuda]", "ceiling", 0.01, flops=10e12, ceiling=True, device="cuda"),
+            _entry("step[mstnet-cuda]", "training", 0.2, flops=40e12, device="cuda"),
         ],
     }
     path = tmp_path / "benchmarks.json"
@@ -41,6 +43,8 @@ def test_fractions_throughput_and_ratios_against_hand_computation(benchmark_json
     assert mstnet["fraction_of_ceiling"] == pytest.approx((4e9 / 2.0) / ceiling_flops_per_s)
     assert mstnet["throughput"] == "2 patient/s"
     assert table.set_index("benchmark").loc["matmul", "fraction_of_ceiling"] == pytest.approx(0.9)
+    cuda = table.set_index("benchmark").loc["step[mstnet-cuda]"]
+    assert cuda["fraction_of_ceiling"] == pytest.approx((40e12 / 0.2) / (10e12 / (0.01 * 0.9))), "its own device's ceiling"
     assert len(ratios) == 1, "a baseline missing from the file is left out"
     assert ratios.iloc[0]["time_ratio"] == pytest.approx(2.0 / 0.8)
     assert ratios.iloc[0]["speedup"] == pytest.approx(0.8 / 2.0)
@@ -52,7 +56,8 @@ def test_written_files_and_cli(benchmark_json, tmp_path):
     assert result.exit_code == 0, result.output
     markdown = (out / "performance.md").read_text()
     assert "## Ratios" in markdown and "step[mstnet]" in markdown and "2.5" in markdown
-    assert list(pd.read_csv(out / "performance.csv")["benchmark"]) == ["matmul", "step[mstnet]", "step[unetr]"]
+    assert list(pd.read_csv(out / "performance.csv")["benchmark"]) == [
+        "matmul", "step[mstnet]", "step[unetr]", "matmul[cuda]", "step[mstnet-cuda]"]
 
 
 def test_missing_or_foreign_file_is_a_clear_error(tmp_path):

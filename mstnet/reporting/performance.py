@@ -3,8 +3,8 @@
 Reads only the JSON file. Each benchmark's ``extra_info`` may carry (see
 ``benchmarks/_measure.py``): ``items_per_call`` and ``item`` (throughput), ``flops`` (per
 call), ``peak_rss_mib``, ``cuda_max_allocated_mib``, ``parameters``, ``baselines`` (names of
-benchmarks to compare with) and ``ceiling`` (the matmul benchmark whose best FLOP/s is the
-machine's ceiling). Times are medians over the benchmark's rounds.
+benchmarks to compare with), ``device`` (default "cpu") and ``ceiling`` (the matmul benchmark
+whose best FLOP/s is its device's ceiling). Times are medians over the benchmark's rounds.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ def performance_frames(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
     """(performance table, ratio table) of a pytest-benchmark result.
 
     ``fraction_of_ceiling`` is a benchmark's FLOP/s (``flops`` / median time) over the best
-    FLOP/s (``flops`` / fastest round) of the benchmark marked ``ceiling``; ``time_ratio``
-    is median time over the baseline's median time, ``speedup`` its inverse.
+    FLOP/s (``flops`` / fastest round) of the ``ceiling`` benchmark of the same device;
+    ``time_ratio`` is median time over the baseline's median time, ``speedup`` its inverse.
     """
     entries = {entry["name"]: entry for entry in data["benchmarks"]}
-    ceiling = next((e for e in entries.values() if e.get("extra_info", {}).get("ceiling")), None)
-    ceiling_flops_per_s = (ceiling["extra_info"]["flops"] / ceiling["stats"]["min"]) if ceiling else math.nan
+    ceilings = {entry["extra_info"].get("device", "cpu"): entry["extra_info"]["flops"] / entry["stats"]["min"]
+                for entry in entries.values() if entry.get("extra_info", {}).get("ceiling")}
     rows, ratios = [], []
     for name, entry in entries.items():
         info, median = entry.get("extra_info", {}), entry["stats"]["median"]
@@ -67,7 +67,7 @@ def performance_frames(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
             "throughput": f"{items / median:.3g} {info.get('item', 'item')}/s" if items else "",
             "gflop_per_call": flops / 1e9 if flops else math.nan,
             "achieved_gflops": achieved / 1e9,
-            "fraction_of_ceiling": achieved / ceiling_flops_per_s,
+            "fraction_of_ceiling": achieved / ceilings.get(info.get("device", "cpu"), math.nan),
             "peak_rss_mib": info.get("peak_rss_mib", math.nan),
             "cuda_max_allocated_mib": info.get("cuda_max_allocated_mib", math.nan),
             "parameters": info.get("parameters", math.nan),
@@ -96,8 +96,8 @@ TABLE_HEADERS = {"benchmark": "benchmark", "median_s": "median (s)", "min_s": "m
                  "peak_rss_mib": "peak RSS (MiB)", "cuda_max_allocated_mib": "CUDA max (MiB)"}
 RATIO_HEADERS = {"benchmark": "benchmark", "baseline": "baseline", "time_ratio": "time ratio", "speedup": "speed-up"}
 EXPLANATION = ("Times are medians over the rounds; throughput = items per call / median; FLOP counts from "
-               "torch.utils.flop_counter; *of ceiling* = achieved FLOP/s over the best measured float32 matmul FLOP/s "
-               "(its fastest round); peak memory = resident size added during the warm-up and timed calls. *time ratio* = a benchmark's median time "
+               "torch.utils.flop_counter; *of ceiling* = achieved FLOP/s over the best measured matmul FLOP/s of the "
+               "same device (fastest round; CPU float32, CUDA bfloat16); peak memory = resident size added during the warm-up and timed calls. *time ratio* = a benchmark's median time "
                "over its baseline's; *speed-up* = the inverse.")
 
 
