@@ -72,7 +72,7 @@ def write_report(runs_dir: Path, out: Path | None, with_published: bool) -> Path
     console.print(f"report: {index}")
     table = out / "paper_table.md"
     if table.exists():
-        console.print(table.read_text())
+        console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
     return index
 
 

@@ -47,4 +47,4 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise typer.Exit(code=1) from None
         for name in ("paper_table.md", "performance.md"):
             if (target / name).exists() and (name != "performance.md" or benchmarks is not None):
-                console.print((target / name).read_text(), markup=False)
+                console.print((target / name).read_text(), markup=False, highlight=False, soft_wrap=True)
