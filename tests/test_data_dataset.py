@@ -230,7 +230,8 @@ def test_augmentation_runs_after_the_cache_and_keeps_time_points_aligned(tiny_co
                              augment=AugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=0.0), seed=0)
     plain = PatientDataset(tiny_cohort, _encoder(tiny_cohort), PreprocessConfig(crop_size=(4, 8, 8)))
     differs = 0
-    for _ in range(4):
+    for epoch in range(4):
+        dataset.set_augmentation_seed(epoch)
         item, reference = dataset[2], plain[2]
         for t in range(2):  # each augmented time point equals one spatial transform of its original, the same for both
             assert item["mask"][t].sum() == reference["mask"][t].sum()
@@ -239,6 +240,20 @@ def test_augmentation_runs_after_the_cache_and_keeps_time_points_aligned(tiny_co
     # identical draw for both time points: the union of T0's cube lies inside T1's larger cube in both
     item = dataset[2]
     assert bool(((item["mask"][0] > 0) <= (item["mask"][1] > 0)).all())
+
+
+def test_augmentation_draws_depend_on_seed_and_item_not_on_workers_or_order(tiny_cohort):
+    dataset = PatientDataset(tiny_cohort, _encoder(tiny_cohort), PreprocessConfig(crop_size=(4, 8, 8)), timepoints=2,
+                             augment=AugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=1.0), seed=0)
+    dataset.set_augmentation_seed(7)
+    in_process = torch.cat([batch["image"] for batch in DataLoader(dataset, batch_size=2, collate_fn=collate_patients)])
+    workers = torch.cat([batch["image"] for batch in DataLoader(dataset, batch_size=2, collate_fn=collate_patients,
+                                                                  num_workers=2)])
+    reversed_order = torch.stack([dataset[i]["image"] for i in reversed(range(len(dataset)))]).flip(0)
+    torch.testing.assert_close(workers, in_process, rtol=0, atol=0)
+    torch.testing.assert_close(reversed_order, in_process, rtol=0, atol=0)
+    dataset.set_augmentation_seed(8)
+    assert not torch.equal(dataset[0]["image"], in_process[0]), "another epoch seed draws anew"
 
 
 def test_collate_works_with_a_dataloader_and_keeps_ids_as_lists(tiny_cohort):

@@ -54,13 +54,14 @@ def init_distributed() -> None:
 
 
 def build_options(preset: str, device: str, epochs: int | None, params: dict[str, Any], runs_dir: Path,
-                  callbacks: tuple = (), evaluate_test: bool = True):
+                  callbacks: tuple = (), evaluate_test: bool = True, workers: int = 0):
     from mstnet.experiments.presets import run_preset
     from mstnet.experiments.runner import RunOptions
     from mstnet.experiments.training import resolve_device
 
     return RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device), params=params,
-                      cache_dir=runs_dir / ".cache", callbacks=callbacks, evaluate_test=evaluate_test)
+                      cache_dir=runs_dir / ".cache", callbacks=callbacks, evaluate_test=evaluate_test,
+                      workers=workers)
 
 
 def write_report(runs_dir: Path, out: Path | None, with_published: bool) -> Path | None:
@@ -103,6 +104,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
         jobs: int = typer.Option(1, help="folds trained in parallel processes"),
+        workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
         params_from: str | None = typer.Option(None, "--params", help="'best': the best trial of an Optuna study (--study, --storage); --set still wins"),
         study: str | None = typer.Option(None, help="study for --params best (default <name>-<preset>-fold0)"),
         storage: str | None = typer.Option(None, help="storage for --params best (default OUT/<name>/tuning/study.db)"),
@@ -121,7 +123,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
             params = {**load_best_params(study or default_study_name(name, synthetic or preset),
                                          storage or default_storage(out, name)), **params}
-        options = build_options(synthetic or preset, device, epochs, params, out)
+        options = build_options(synthetic or preset, device, epochs, params, out, workers=workers)
         prepared = prepare_runs(out, options.preset, data=data, seed=seed)
         run_group(prepared, [spec], options, folds=parse_folds(folds), jobs=jobs)
         console.print(f"results in {out / spec.name.replace('/', '__')}")
@@ -139,6 +141,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
         seed: int = typer.Option(0, help="seed of the folds"),
         jobs: int | None = typer.Option(None, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
+        workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
     ) -> None:
         """Run every experiment of a table on the same folds, then write the tables and figures."""
         from mstnet.experiments.registry import list_experiments
@@ -149,7 +152,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         init_distributed()
         out = out or Path("runs") / f"{target}-{preset}"
         clock = time.perf_counter()
-        options = build_options(preset, device, epochs, {}, out)
+        options = build_options(preset, device, epochs, {}, out, workers=workers)
         prepared = prepare_runs(out, options.preset, data=data, seed=seed)
         specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
         if target == "ablations":

@@ -128,6 +128,7 @@ class PatientDataset(Dataset):
         self.transform = preprocessing_transform(self.preprocess)
         augment_config = AugmentConfig() if augment is True else (augment or None)
         self.augmentation = augmentation_transform(augment_config, self.preprocess.crop_size, seed) if augment_config else None
+        self.augmentation_seed = seed
         items, problems = [], []
         for patient in cohort:
             try:
@@ -146,9 +147,10 @@ class PatientDataset(Dataset):
 
     def set_augmentation_seed(self, seed: int) -> None:
         """Reseed the augmentation's random draws; the harness does this every epoch, so a
-        resumed run draws exactly what an uninterrupted one would."""
-        if self.augmentation is not None:
-            self.augmentation.set_random_state(seed=seed)
+        resumed run draws exactly what an uninterrupted one would. Each item's draws depend
+        on (seed, item index) only, so they are the same in the main process and in any
+        DataLoader worker, whatever the order items are read in."""
+        self.augmentation_seed = seed
 
     def _read_and_preprocess(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
         volume = read_volume(scan.image)
@@ -188,6 +190,7 @@ class PatientDataset(Dataset):
         image = torch.from_numpy(np.stack(images))
         mask = torch.from_numpy(np.stack(masks).astype(np.float32))
         if self.augmentation is not None:
+            self.augmentation.set_random_state(seed=(self.augmentation_seed * 1_000_003 + index) % 2**32)
             augmented = self.augmentation({"image": image.clone(), "mask": mask.clone()})
             image, mask = _plain(augmented["image"]), (_plain(augmented["mask"]) > 0.5).float()
         present = torch.tensor([scan.mask is not None for scan in scans])

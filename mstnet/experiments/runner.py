@@ -65,6 +65,8 @@ class RunOptions:
         callbacks: per-epoch callbacks (Optuna pruning, tests).
         progress: show progress bars.
         evaluate_test: evaluate on the test fold (False while tuning: tuning never sees it).
+        workers: DataLoader worker processes (0: load in the training process). Augmentation
+            draws depend on (epoch seed, patient) only, so results do not depend on it.
     """
 
     preset: RunPreset
@@ -74,6 +76,7 @@ class RunOptions:
     callbacks: tuple[EpochCallback, ...] = ()
     progress: bool = True
     evaluate_test: bool = True
+    workers: int = 0
 
 
 def experiment_dir(runs_dir: Path, name: str) -> Path:
@@ -155,14 +158,14 @@ class FoldData:
         self.timepoints = timepoints
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device, workers: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
-                      collate_fn=collate_patients, pin_memory=device.type == "cuda", num_workers=0)
+                      collate_fn=collate_patients, pin_memory=device.type == "cuda", num_workers=workers)
 
 
 def model_context(spec: ExperimentSpec, encoder: ClinicalEncoder, options: RunOptions) -> ModelContext:
@@ -200,13 +203,13 @@ def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptio
     threshold = 0.5
     if "classification" in spec.tasks:
         val_labels, val_probs = [], []
-        for batch, probability, _ in predict(model, _loader(data.validation, batch_size, False, 0, options.device),
+        for batch, probability, _ in predict(model, _loader(data.validation, batch_size, False, 0, options.device, options.workers),
                                              options.device, use_clinical, recipe.amp):
             val_labels += batch["label"].tolist()
             val_probs += probability.tolist()
         threshold = youden_threshold(val_labels, val_probs)
     patients, scans, gallery = [], [], []
-    for batch, probability, foreground in predict(model, _loader(data.test, batch_size, False, 0, options.device),
+    for batch, probability, foreground in predict(model, _loader(data.test, batch_size, False, 0, options.device, options.workers),
                                                   options.device, use_clinical, recipe.amp):
         for i, patient_id in enumerate(batch["patient_id"]):
             label = int(batch["label"][i])
@@ -285,12 +288,12 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
     def train_loader(seed: int):
         if hasattr(data.train, "set_augmentation_seed"):
             data.train.set_augmentation_seed(seed)
-        loader = _loader(data.train, recipe.batch_size, True, seed, options.device)
+        loader = _loader(data.train, recipe.batch_size, True, seed, options.device, options.workers)
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(seed)
         return loader
 
-    result = fit(trained, train_loader, _loader(data.validation, recipe.batch_size, False, 0, options.device), recipe,
+    result = fit(trained, train_loader, _loader(data.validation, recipe.batch_size, False, 0, options.device, options.workers), recipe,
                  spec.tasks, fold_dir, options.device, use_clinical=spec.data_view.use_clinical,
                  callbacks=options.callbacks, progress=options.progress)
     history = pd.DataFrame([vars(r) for r in result.history])
