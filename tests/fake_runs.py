@@ -214,6 +214,10 @@ def write_fake_runs(
                 fold_dir.mkdir(parents=True, exist_ok=True)
                 predictions.to_csv(fold_dir / "predictions.csv", index=False)
                 metrics["classification"] = classification_metrics(y, probability)
+                validation_threshold = 0.3 + 0.05 * k  # stands in for the fold's inner-validation choice
+                metrics["classification_at_validation_threshold"] = classification_metrics(
+                    y, probability, threshold=validation_threshold)
+                metrics["validation_threshold"] = validation_threshold
             if "segmentation" in experiment.tasks:
                 rows = []
                 for p in test:

@@ -223,6 +223,49 @@ def test_vectorised_bootstrap_equals_classification_metrics(average):
     assert interval == pytest.approx(bootstrap_ci(labels, probabilities, roc_auc_score, n_resamples=25, seed=7))
 
 
+def test_vectorised_bootstrap_with_one_threshold_per_patient_equals_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 40)
+    probabilities = rng.random(40)
+    thresholds = np.where(np.arange(40) < 20, 0.3, 0.7)  # two folds, two thresholds
+    draws = patient_draws(40, 20, seed=2)
+    samples = classification_metric_samples(labels, probabilities, draws, threshold=thresholds)
+    for r, drawn in enumerate(draws):
+        predicted = probabilities[drawn] >= thresholds[drawn]
+        truth = labels[drawn]
+        assert samples["accuracy"][r] == pytest.approx(accuracy_score(truth, predicted))
+        assert samples["precision"][r] == pytest.approx(precision_score(truth, predicted, zero_division=0))
+        assert samples["recall"][r] == pytest.approx(recall_score(truth, predicted, zero_division=0))
+        assert samples["f1"][r] == pytest.approx(f1_score(truth, predicted, zero_division=0))
+
+
+def test_validation_threshold_rule_reports_each_folds_own_threshold(runs_dir):
+    results = load_results(runs_dir, threshold_rule="validation")
+    table = paper_table(results, n_resamples=20)
+    row = table.frame.set_index("experiment").loc["mstnet"]
+    accuracies = []
+    for k in range(5):
+        predictions = pd.read_csv(runs_dir / "mstnet" / f"fold{k}" / "predictions.csv")
+        threshold = 0.3 + 0.05 * k
+        accuracies.append(((predictions["probability"] >= threshold) == (predictions["label"] == 1)).mean())
+    assert row["accuracy_mean"] == pytest.approx(np.mean(accuracies))
+    assert row["auc_mean"] == pytest.approx(paper_table(load_results(runs_dir), n_resamples=20)
+                                            .frame.set_index("experiment").at["mstnet", "auc_mean"])
+    assert any("inner validation split (Youden's J; 0.30 to 0.50)" in note for note in table.notes)
+
+
+def test_validation_threshold_rule_needs_the_recorded_block(tmp_path):
+    runs = write_fake_runs(tmp_path / "runs", n_patients=10, epochs=3)
+    metrics_path = runs / "mstnet" / "fold1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    del metrics["classification_at_validation_threshold"]
+    metrics_path.write_text(json.dumps(metrics))
+    with pytest.raises(ResultsError, match=r"mstnet/fold1/metrics.json: no 'classification_at_validation_threshold'"):
+        load_results(runs, threshold_rule="validation")
+
+
 def test_ablation_differences_are_paired_and_carry_the_oracle(runs_dir):
     results = load_results(runs_dir)
     table = ablation_table(results, n_resamples=N_RESAMPLES)

@@ -24,12 +24,19 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         reference: str = typer.Option("mstnet", "--reference", help="Experiment the others are compared with."),
         n_resamples: int = typer.Option(1000, "--resamples", min=1, help="Bootstrap resamples for intervals and bands."),
         seed: int = typer.Option(0, "--seed", help="Seed of every bootstrap."),
+        threshold: str = typer.Option("fixed", "--threshold", help="Threshold of accuracy, precision, recall, "
+                                      "specificity and F1: 'fixed' (0.5, as recorded) or 'validation' (each fold's "
+                                      "threshold chosen on its inner validation split)."),
     ) -> None:
         """Paper-style tables (Markdown, CSV, LaTeX, HTML), ablation table, figures and index.html;
         with --benchmarks, the performance table of `make bench`."""
         from mstnet.reporting.build import build_report, write_performance
         from mstnet.reporting.results import ResultsError
 
+        from mstnet.reporting.results import THRESHOLD_RULES
+
+        if threshold not in THRESHOLD_RULES:
+            raise typer.BadParameter(f"--threshold takes one of {', '.join(THRESHOLD_RULES)}; got {threshold!r}")
         runs_dirs = runs_dirs or []
         if not runs_dirs and benchmarks is None:
             raise typer.BadParameter("give at least one RUNS_DIR or --benchmarks FILE")
@@ -38,7 +45,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             if runs_dirs:
                 index = build_report(runs_dirs, target, with_published=with_published, reference=reference,
-                                     n_resamples=n_resamples, seed=seed, benchmark_files=extra_benchmarks)
+                                     n_resamples=n_resamples, seed=seed, benchmark_files=extra_benchmarks,
+                                     threshold_rule=threshold)
                 console.print(f"report: {index}")
             else:
                 write_performance(extra_benchmarks, target)

@@ -109,6 +109,7 @@ def build_report(
     seed: int = 0,
     benchmark_files: Sequence[str | Path] = (),
     title: str = "MST-Net benchmark report",
+    threshold_rule: str = "fixed",
 ) -> Path:
     """Read ``runs_dirs`` and write the report into ``out_dir``; returns the path of ``index.html``.
 
@@ -124,13 +125,16 @@ def build_report(
             (``benchmark*.json``, ``benchmarks/**/*.json``, ``.benchmarks/**/*.json``) and in
             ``out_dir``.
         title: page title.
+        threshold_rule: ``"fixed"`` (default): accuracy, precision, recall, specificity and F1
+            at the recorded threshold (0.5); ``"validation"``: at each fold's threshold chosen
+            on its inner validation split.
     """
     if isinstance(runs_dirs, (str, Path)):
         runs_dirs = [runs_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure_dir = out_dir / FIGURE_FOLDER
-    results = load_many(runs_dirs)
+    results = load_many(runs_dirs, threshold_rule=threshold_rule)
     log.info("report: %d experiments from %s", len(results.experiments), ", ".join(map(str, results.runs_dirs)))
     sections: list[Section] = []
 

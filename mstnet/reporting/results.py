@@ -67,6 +67,7 @@ class Results:
     galleries: dict[tuple[str, int], Path] = field(default_factory=dict)
     studies: dict[str, Path] = field(default_factory=dict)
     benchmark_files: tuple[Path, ...] = ()
+    threshold_rule: str = "fixed"
 
     def names(self, group: str | None = None) -> list[str]:
         """Experiment names (in loading order), optionally only those of ``group``."""
@@ -113,13 +114,24 @@ def _number(value: Any, path: Path, key: str) -> float:
     return float(value)
 
 
-def _fold_metrics_row(path: Path, experiment: str, fold: int) -> dict[str, Any]:
+THRESHOLD_RULES = ("fixed", "validation")
+"""``fixed``: the threshold-dependent metrics at the threshold recorded in ``metrics.json``
+(0.5 by default); ``validation``: at each fold's threshold chosen on its inner validation
+split (``classification_at_validation_threshold`` and ``validation_threshold``)."""
+
+
+def _fold_metrics_row(path: Path, experiment: str, fold: int, threshold_rule: str = "fixed") -> dict[str, Any]:
     metrics = _read_json(path)
     if not isinstance(metrics, dict) or "segmentation" not in metrics or "classification" not in metrics:
         raise ResultsError(f"{path}: expected an object with keys 'segmentation' and 'classification' (null or object)")
     row: dict[str, Any] = {"experiment": experiment, "fold": fold}
+    at_validation = threshold_rule == "validation" and metrics["classification"] is not None
+    if at_validation and ("classification_at_validation_threshold" not in metrics or "validation_threshold" not in metrics):
+        raise ResultsError(f"{path}: no 'classification_at_validation_threshold' / 'validation_threshold' to report "
+                           "metrics at the inner-validation threshold; report it with the fixed threshold")
     for task, keys in (("segmentation", SEGMENTATION_METRICS), ("classification", CLASSIFICATION_METRICS)):
-        block = metrics[task]
+        block = metrics["classification_at_validation_threshold"] if task == "classification" and at_validation \
+            else metrics[task]
         if block is not None and not isinstance(block, dict):
             raise ResultsError(f"{path}: {task!r} must be null or an object of metric values, got {block!r}")
         for key in keys:
@@ -130,7 +142,7 @@ def _fold_metrics_row(path: Path, experiment: str, fold: int) -> dict[str, Any]:
                 raise ResultsError(f"{path}: {task} lacks metric(s) {absent}")
     row["convention"] = metrics.get("convention", "monai")
     row["average"] = metrics.get("average", "binary")
-    row["threshold"] = float(metrics.get("threshold", 0.5))
+    row["threshold"] = float(metrics["validation_threshold"] if at_validation else metrics.get("threshold", 0.5))
     return row
 
 
@@ -172,8 +184,14 @@ def _fold_folders(folder: Path) -> list[tuple[int, Path]]:
     return sorted(folds)
 
 
-def load_results(runs_dir: str | Path) -> Results:
-    """Read one RUNS_DIR (``splits.json``, ``cohort.json``, ``oracle.json`` and every experiment folder)."""
+def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results:
+    """Read one RUNS_DIR (``splits.json``, ``cohort.json``, ``oracle.json`` and every experiment folder).
+
+    ``threshold_rule`` picks which threshold-dependent classification metrics are read (see
+    :data:`THRESHOLD_RULES`).
+    """
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule: expected one of {THRESHOLD_RULES}, got {threshold_rule!r}")
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ResultsError(f"{runs_dir}: not a folder of results")
@@ -190,7 +208,7 @@ def load_results(runs_dir: str | Path) -> Results:
             continue
         records.append(record)
         for k, fold_dir in complete:
-            fold_rows.append(_fold_metrics_row(fold_dir / "metrics.json", name, k))
+            fold_rows.append(_fold_metrics_row(fold_dir / "metrics.json", name, k, threshold_rule))
             if (fold_dir / "run.json").exists():
                 run = _read_json(fold_dir / "run.json")
                 run_rows.append({"experiment": name, "fold": k,
@@ -229,6 +247,7 @@ def load_results(runs_dir: str | Path) -> Results:
         runs=pd.DataFrame(run_rows) if run_rows else pd.DataFrame(columns=["experiment", "fold"]),
         cohorts=({**cohort, "runs_dir": str(runs_dir)},), oracle={k: float(v) for k, v in oracle.items()},
         published=published, galleries=galleries, studies=studies, benchmark_files=benchmark_files,
+        threshold_rule=threshold_rule,
     )
 
 
@@ -312,12 +331,13 @@ def merge_results(parts: Iterable[Results]) -> Results:
         galleries={k: v for part in parts for k, v in part.galleries.items()},
         studies={k: v for part in reversed(parts) for k, v in part.studies.items()},
         benchmark_files=tuple(f for part in parts for f in part.benchmark_files),
+        threshold_rule=parts[0].threshold_rule,
     )
 
 
-def load_many(runs_dirs: Iterable[str | Path]) -> Results:
+def load_many(runs_dirs: Iterable[str | Path], threshold_rule: str = "fixed") -> Results:
     """Load and merge several RUNS_DIRs (see :func:`merge_results`)."""
-    return merge_results(load_results(d) for d in runs_dirs)
+    return merge_results(load_results(d, threshold_rule) for d in runs_dirs)
 
 
 def check_runs_dir(runs_dir: str | Path) -> list[str]:

@@ -5,7 +5,9 @@ Statistics (``shared/design/protocol.md``, "Aggregation and statistics"):
 - cell value: mean +/- sample std (ddof=1) over folds of the fold values in ``metrics.json``
   (:func:`mstnet.metrics.mean_std`);
 - 95% CI, classification: percentile bootstrap over patients of the pooled out-of-fold
-  predictions at the threshold and averaging recorded in ``metrics.json``; the resamples are
+  predictions, each at its fold's threshold (``metrics.json``: 0.5, or the inner-validation
+  threshold when the results were loaded with ``threshold_rule="validation"``) and with the
+  recorded averaging; the resamples are
   drawn exactly as :func:`mstnet.metrics.bootstrap_ci` draws them (``default_rng(seed)``,
   one ``integers(0, N, (R, N))`` call), and every metric of a resample is computed from its
   confusion counts and ranks at once (:func:`classification_metric_samples`, tested to equal
@@ -115,7 +117,8 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def classification_metric_samples(
-    labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, threshold: float = 0.5, average: str = "binary"
+    labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, threshold: float | np.ndarray = 0.5,
+    average: str = "binary",
 ) -> dict[str, np.ndarray]:
     """Every classification metric on every resample at once.
 
@@ -123,7 +126,8 @@ def classification_metric_samples(
         labels: (N,) 0/1 labels of the pooled patients.
         probabilities: (N,) malignancy probabilities.
         draws: (R, N) patient indices of R resamples (:func:`patient_draws`).
-        threshold: a patient is malignant when its probability is >= threshold.
+        threshold: a patient is malignant when its probability is >= threshold; a scalar, or
+            (N,) thresholds, one per patient (each fold's own).
         average: "binary" (malignant class) or "weighted" (support-weighted over both classes),
             as in :func:`mstnet.metrics.classification_metrics`.
 
@@ -133,7 +137,8 @@ def classification_metric_samples(
     """
     y = np.asarray(labels)[draws].astype(bool)
     p = np.asarray(probabilities, dtype=np.float64)[draws]
-    predicted = p >= threshold
+    threshold = np.asarray(threshold, dtype=np.float64)
+    predicted = p >= (threshold[draws] if threshold.ndim == 1 else threshold)
     n = y.shape[1]
     tp = (y & predicted).sum(axis=1)
     fp = (~y & predicted).sum(axis=1)
@@ -203,13 +208,18 @@ def _settings(results: Results, experiments: Sequence[str], column: str) -> list
     return sorted(set(values.tolist()), key=str)
 
 
-def _classification_setting(results: Results, experiment: str) -> tuple[float, str]:
+def _classification_average(results: Results, experiment: str) -> str:
+    averages = sorted(set(results.fold_metrics.loc[results.fold_metrics["experiment"] == experiment, "average"]))
+    if len(averages) > 1:
+        log.warning("%s: folds use different averages %s; the pooled CI uses the first", experiment, averages)
+    return str(averages[0])
+
+
+def patient_thresholds(results: Results, experiment: str, folds: pd.Series) -> np.ndarray:
+    """The classification threshold of each patient's test fold ((N,) for the (N,) ``folds``)."""
     frame = results.fold_metrics[results.fold_metrics["experiment"] == experiment]
-    thresholds, averages = sorted(set(frame["threshold"])), sorted(set(frame["average"]))
-    if len(thresholds) > 1 or len(averages) > 1:
-        log.warning("%s: folds use different thresholds %s / averages %s; the pooled CI uses the first",
-                    experiment, thresholds, averages)
-    return float(thresholds[0]), str(averages[0])
+    by_fold = dict(zip(frame["fold"].astype(int), frame["threshold"].astype(float)))
+    return folds.astype(int).map(by_fold).to_numpy(dtype=np.float64)
 
 
 def _pooled(results: Results, experiment: str) -> pd.DataFrame:
@@ -235,10 +245,10 @@ def measure_row(results: Results, experiment: str, reference: str | None, n_resa
     if results.has_task(experiment, "classification"):
         pooled = _pooled(results, experiment)
         row["n_patients"] = len(pooled)
-        threshold, average = _classification_setting(results, experiment)
         draws = patient_draws(len(pooled), n_resamples, seed)
         samples = classification_metric_samples(pooled["label"].to_numpy(), pooled["probability"].to_numpy(), draws,
-                                                threshold, average)
+                                                patient_thresholds(results, experiment, pooled["fold"]),
+                                                _classification_average(results, experiment))
         for column in COLUMNS:
             if column.task == "classification":
                 row[f"{column.key}_mean"], row[f"{column.key}_std"] = mean_std(folds[column.key].to_numpy())
@@ -268,9 +278,10 @@ def measure_row(results: Results, experiment: str, reference: str | None, n_resa
 
 
 def paired_predictions(results: Results, reference: str, other: str) -> pd.DataFrame:
-    """Patients predicted by both: ``patient_id, label, probability_reference, probability_other``."""
-    a = _pooled(results, reference)[["patient_id", "label", "probability"]]
-    b = _pooled(results, other)[["patient_id", "label", "probability"]]
+    """Patients predicted by both: ``patient_id, label, probability_reference, probability_other,
+    fold_reference, fold_other``."""
+    a = _pooled(results, reference)[["patient_id", "label", "probability", "fold"]]
+    b = _pooled(results, other)[["patient_id", "label", "probability", "fold"]]
     merged = a.merge(b, on="patient_id", suffixes=("_reference", "_other"))
     conflict = merged["label_reference"] != merged["label_other"]
     if conflict.any():
@@ -347,8 +358,12 @@ def table_notes(results: Results, names: list[str], reference: str, n_resamples:
         thresholds = _settings(results, classification, "threshold")
         average_text = " / ".join("binary (malignant class; specificity = benign recall)" if a == "binary" else
                                   "support-weighted over both classes" if a == "weighted" else str(a) for a in averages)
-        notes.append(f"Precision, recall, specificity and F1 are {average_text}, at a probability threshold of "
-                     f"{' / '.join(f'{t:g}' for t in thresholds)}; AUC is threshold-free.")
+        if results.threshold_rule == "validation":
+            threshold_text = (f"at each fold's threshold chosen on its inner validation split (Youden's J; "
+                              f"{min(thresholds):.2f} to {max(thresholds):.2f})")
+        else:
+            threshold_text = f"at a probability threshold of {' / '.join(f'{t:g}' for t in thresholds)}"
+        notes.append(f"Precision, recall, specificity and F1 are {average_text}, {threshold_text}; AUC is threshold-free.")
     if segmentation:
         conventions = _settings(results, segmentation, "convention")
         notes.append("Surface distances: " + "; ".join(CONVENTION_TEXT.get(c, f"{c} convention") for c in conventions)
@@ -640,15 +655,17 @@ def ablation_row(results: Results, reference: str, variant: str, n_resamples: in
         row.update({f"{metric}_{part}": math.nan for part in ("reference", "variant", "diff", "ci_low", "ci_high", "p")})
     if results.has_task(variant, "classification") and results.has_task(reference, "classification"):
         paired = paired_predictions(results, reference, variant)
-        threshold, average = _classification_setting(results, reference)
+        average = _classification_average(results, reference)
+        threshold_ref = patient_thresholds(results, reference, paired["fold_reference"])
+        threshold_var = patient_thresholds(results, variant, paired["fold_other"])
         labels = paired["label"].to_numpy()
         reference_prob, variant_prob = paired["probability_reference"].to_numpy(), paired["probability_other"].to_numpy()
         identity = np.arange(len(paired))[None, :]
         draws = patient_draws(len(paired), n_resamples, seed)
-        point_ref = classification_metric_samples(labels, reference_prob, identity, threshold, average)
-        point_var = classification_metric_samples(labels, variant_prob, identity, threshold, average)
-        samples_ref = classification_metric_samples(labels, reference_prob, draws, threshold, average)
-        samples_var = classification_metric_samples(labels, variant_prob, draws, threshold, average)
+        point_ref = classification_metric_samples(labels, reference_prob, identity, threshold_ref, average)
+        point_var = classification_metric_samples(labels, variant_prob, identity, threshold_var, average)
+        samples_ref = classification_metric_samples(labels, reference_prob, draws, threshold_ref, average)
+        samples_var = classification_metric_samples(labels, variant_prob, draws, threshold_var, average)
         row["n_patients"] = len(paired)
         for metric in ("auc", "accuracy", "f1"):
             row[f"{metric}_reference"], row[f"{metric}_variant"] = float(point_ref[metric][0]), float(point_var[metric][0])
@@ -658,8 +675,8 @@ def ablation_row(results: Results, reference: str, variant: str, n_resamples: in
             if metric == "auc":
                 row["auc_p"] = delong_test(labels, reference_prob, variant_prob)["p_value"]
             elif metric == "accuracy":
-                row["accuracy_p"] = mcnemar_exact((reference_prob >= threshold) == labels.astype(bool),
-                                                  (variant_prob >= threshold) == labels.astype(bool))
+                row["accuracy_p"] = mcnemar_exact((reference_prob >= threshold_ref) == labels.astype(bool),
+                                                  (variant_prob >= threshold_var) == labels.astype(bool))
             else:
                 row["f1_p"] = bootstrap_p_value(differences)
     if results.has_task(variant, "segmentation") and results.has_task(reference, "segmentation"):
