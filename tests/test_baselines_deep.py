@@ -1,7 +1,6 @@
 """Deep baselines: every registered one builds at the tiny preset, runs forward and backward,
 returns the fields its tasks call for; the wrappers equal a loop over time points / slices."""
 
-import os
 
 import pytest
 import torch
@@ -19,12 +18,7 @@ from baselines.naslung import ChannelAttention3d, SpatialAttention3d
 from baselines.scan import SpatialChannelSqueezeExcitation3d
 from mstnet.experiments.registry import ModelContext, list_experiments
 
-SLOW = {"monai-swinunetr"}
-"""Pads tiny crops to 32^3 and takes tens of seconds on two cores: run with MSTNET_SLOW=1."""
-DEEP = [pytest.param(s.name, marks=[pytest.mark.slow, pytest.mark.skipif(os.environ.get("MSTNET_SLOW") != "1",
-                                                                          reason="slow; set MSTNET_SLOW=1")])
-        if s.name in SLOW else s.name
-        for g in ("paper-table", "reference") for s in list_experiments(group=g)
+DEEP = [s.name for g in ("paper-table", "reference") for s in list_experiments(group=g)
         if s.kind == "torch" and s.name != "mstnet"]
 TABLE_ROWS = {"UNETR", "ACSNet", "NASLung", "SCAN", "DeepCAD", "MLTN"}
 
