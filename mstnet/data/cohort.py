@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+
+from mstnet.atomic import write_text_atomic
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -231,31 +232,3 @@ class Cohort:
         write_text_atomic(folder / "clinical.csv", self.clinical_frame().to_csv(index=False))
         write_text_atomic(folder / "clinical_schema.json", json.dumps(self.clinical_schema.to_json(), indent=2) + "\n")
         return folder
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_DEFAULT_FILE_MODE = 0o666 & ~_umask()
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename.
-
-    The file gets the permissions ``open()`` would give it (0o666 less the umask), not the
-    private 0o600 of the temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, _DEFAULT_FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mstnet.atomic import write_bytes_atomic
 from mstnet.data.clinical import ClinicalEncoder
 from mstnet.data.cohort import Cohort, CohortError, Patient, Problem, Scan
 from mstnet.data.io import read_mask, read_volume
@@ -241,14 +241,6 @@ def _plain(value) -> torch.Tensor:
 
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, buffer.getvalue())

@@ -24,8 +24,6 @@ Writers write to a temporary name in the target folder and rename.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +35,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from mstnet.data.cohort import CohortError, Problem, write_text_atomic
+from mstnet.atomic import atomic_path, write_text_atomic
+from mstnet.data.cohort import CohortError, Problem
 
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -467,12 +466,5 @@ def read_volume_info(path: str | Path, spacing: Sequence[float] | None = None) -
 
 def _atomic(path: Path, suffix: str, write) -> None:
     """Call ``write(temporary_path)`` in ``path``'s folder, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix) as temporary:
+        write(temporary)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mstnet.data.cohort import Cohort, write_text_atomic
+from mstnet.atomic import write_text_atomic
+from mstnet.data.cohort import Cohort
 from mstnet.data.sources import load_cohort
 from mstnet.experiments.presets import RunPreset
 from mstnet.experiments.registry import ExperimentSpec, list_experiments

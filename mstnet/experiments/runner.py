@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mstnet.data.clinical import ClinicalEncoder
-from mstnet.data.cohort import Cohort, write_text_atomic
+from mstnet.atomic import write_text_atomic
+from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.transforms import PreprocessConfig
 from mstnet.experiments.presets import RunPreset

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from mstnet.data.cohort import write_text_atomic
+from mstnet.atomic import write_text_atomic
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from mstnet.atomic import atomic_path
 from mstnet.experiments.registry import Recipe
 from mstnet.models.losses import MultiTaskLoss
 from mstnet.models.output import ModelOutput
@@ -257,9 +258,8 @@ def evaluate_loss(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def fit(

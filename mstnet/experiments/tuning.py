@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
-from mstnet.data.cohort import write_text_atomic
+from mstnet.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 

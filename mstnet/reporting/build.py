@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import html
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mstnet.atomic import write_text_atomic
 from mstnet.reporting import figures as report_figures
 from mstnet.reporting import tables
 from mstnet.reporting.performance import performance_texts
@@ -33,21 +32,6 @@ log = logging.getLogger(__name__)
 
 FIGURE_FOLDER = "figures"
 WIDE_SECTIONS = {"Segmentation gallery", "Training curves", "Ablations", "Per-fold Dice and HD95"}
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _write_results_table(table: tables.ResultsTable, out_dir: Path, stem: str) -> tuple[str, list[Path]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from matplotlib.lines import Line2D
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
+from mstnet.atomic import atomic_path
 from mstnet.reporting.published import ROW_ORDER
 from mstnet.reporting.results import Results
 from mstnet.reporting.tables import (
@@ -78,9 +78,8 @@ def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
     written = []
     for extension in ("png", "pdf"):
         target = out_dir / f"{stem}.{extension}"
-        temporary = out_dir / f".{stem}.tmp.{extension}"
-        figure.savefig(temporary, format=extension, dpi=PNG_DPI)
-        os.replace(temporary, target)
+        with atomic_path(target, f".tmp.{extension}") as temporary:
+            figure.savefig(temporary, format=extension, dpi=PNG_DPI)
         written.append(target)
     return written
 

@@ -49,7 +49,8 @@ from scipy import ndimage
 from scipy.special import expit
 from tqdm.auto import tqdm
 
-from mstnet.data.cohort import ClinicalSchema, Cohort, NoduleLocation, Patient, Scan, write_text_atomic
+from mstnet.atomic import write_text_atomic
+from mstnet.data.cohort import ClinicalSchema, Cohort, NoduleLocation, Patient, Scan
 from mstnet.synth.oracle import oracle_report, oracle_scores, write_oracle
 from mstnet.synth.risk import ClinicalMarginals, GrowthModel, brock_logit, brock_terms, solve_offset, texture_class, vdt_days
 from mstnet.synth.shape_bank import ShapeBank, load_shape_bank

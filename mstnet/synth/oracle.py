@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.special import expit, logsumexp
 from sklearn.metrics import roc_auc_score
 
-from mstnet.data.cohort import write_text_atomic
+from mstnet.atomic import write_text_atomic
 from mstnet.synth.risk import CLINICAL_TERMS, IMAGING_TERMS, GrowthModel, brock_logit, brock_terms
 
 ORACLE_KEYS: tuple[str, ...] = ("everything", "clinical_only", "single_timepoint", "imaging_only")

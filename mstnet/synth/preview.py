@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mstnet.atomic import atomic_path  # noqa: E402
 from mstnet.data.io import read_mask, read_volume  # noqa: E402
 
 
@@ -71,13 +70,9 @@ def preview_cohort(folder: str | Path, out: str | Path | None = None, patients: 
         axes[row, 0].text(-0.05, 0.5, title, transform=axes[row, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7)
     figure.tight_layout()
     out = Path(out) if out is not None else folder / "preview.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_path(out, ".png") as temporary:
+            figure.savefig(temporary, dpi=110)
     finally:
         plt.close(figure)
-        Path(tmp).unlink(missing_ok=True)
     return out

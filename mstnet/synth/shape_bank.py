@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +36,7 @@ from scipy import ndimage
 from scipy.spatial.distance import pdist
 from tqdm.auto import tqdm
 
-from mstnet.data.cohort import write_text_atomic
+from mstnet.atomic import atomic_path, write_text_atomic
 from mstnet.data.lidc_db import (
     CALCIFICATION_ABSENT,
     RATING_NAMES,
@@ -126,14 +125,9 @@ class ShapeBank:
         shapes = np.array([e.mask.shape for e in self.entries], dtype=np.int32).reshape(-1, 3)
         packed = [np.packbits(e.mask.ravel()) for e in self.entries]
         offsets = np.cumsum([0] + [len(p) for p in packed]).astype(np.int64)
-        fd, tmp = tempfile.mkstemp(dir=npz_path.parent, prefix=f".{npz_path.name}.", suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, shapes=shapes, offsets=offsets, bits=np.concatenate(packed) if packed else np.zeros(0, np.uint8))
-            os.replace(tmp, npz_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(npz_path, ".tmp.npz") as temporary:
+            np.savez_compressed(temporary, shapes=shapes, offsets=offsets,
+                                bits=np.concatenate(packed) if packed else np.zeros(0, np.uint8))
         metadata = {
             "version": SHAPE_BANK_VERSION,
             "spacing_mm": self.spacing_mm,
