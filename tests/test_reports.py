@@ -256,6 +256,17 @@ def test_validation_threshold_rule_reports_each_folds_own_threshold(runs_dir):
     assert any("inner validation split (Youden's J; 0.30 to 0.50)" in note for note in table.notes)
 
 
+def test_unknown_threshold_rule_is_refused(runs_dir):
+    with pytest.raises(ValueError, match="threshold_rule: expected one of .*'fixed', 'validation'.*got 'youden'"):
+        load_results(runs_dir, threshold_rule="youden")
+    from typer.testing import CliRunner
+
+    from mstnet.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["report", str(runs_dir), "--threshold", "youden"])
+    assert result.exit_code != 0 and "--threshold takes one of fixed, validation; got 'youden'" in result.output
+
+
 def test_validation_threshold_rule_needs_the_recorded_block(tmp_path):
     runs = write_fake_runs(tmp_path / "runs", n_patients=10, epochs=3)
     metrics_path = runs / "mstnet" / "fold1" / "metrics.json"

@@ -69,3 +69,14 @@ def test_missing_or_foreign_file_is_a_clear_error(tmp_path):
         write_performance([foreign], tmp_path / "out")
     result = CliRunner().invoke(build_app(), ["report"])
     assert result.exit_code != 0 and "RUNS_DIR or --benchmarks" in result.output
+
+
+def test_unreadable_json_and_missing_stats_name_file_and_benchmark(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ResultsError, match="broken.json: not JSON"):
+        load_benchmarks(broken)
+    no_median = tmp_path / "no_median.json"
+    no_median.write_text(json.dumps({"benchmarks": [{"name": "step[mstnet]", "stats": {"min": 1.0}}]}))
+    with pytest.raises(ResultsError, match=r"no_median.json: benchmark 'step\[mstnet\]' has no stats.median"):
+        load_benchmarks(no_median)
