@@ -113,9 +113,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def to_channels_last(model: nn.Module) -> nn.Module:
     """Store convolution weights channels-last (3D: channels-last-3d), in place.
 
-    Convolutions then produce channels-last activations, which oneDNN on the CPU and cuDNN
-    on the GPU run faster (a 3D U-Net training step about 1.3x on this project's CPU; see
-    benchmarks/README.md). Values are unchanged: only the memory layout differs.
+    Convolutions then produce channels-last activations, which oneDNN runs faster on the CPU
+    (training steps 1.1-1.5x faster on this project's 2-core CPU, ``make bench``; see
+    benchmarks/README.md) and cuDNN is built for on the GPU (not measured here). Values are unchanged: only the memory layout differs.
     """
     formats = {3: torch.channels_last_3d, 2: torch.channels_last}
     for module in model.modules():
