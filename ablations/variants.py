@@ -25,10 +25,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mstnet.experiments.catalog import mstnet_builder, mstnet_search_space
+from mstnet.experiments.catalog import mstnet_builder, mstnet_search_space, resolved_mstnet_config
 from mstnet.experiments.registry import DataView, ModelContext, Recipe, get_experiment, register_experiment
 from mstnet.models.clinical import ClinicalEncoder
-from mstnet.models.config import MSTNetConfig, mstnet_config
+from mstnet.models.config import MSTNetConfig
 from mstnet.models.mstnet import SpatiotemporalClassifier
 from mstnet.models.output import ModelOutput
 
@@ -116,9 +116,7 @@ def build_clinical_only(context: ModelContext) -> nn.Module:
     """:class:`ClinicalOnlyClassifier` sized by the context's preset and clinical columns."""
     if not context.clinical_cardinalities and context.num_numeric == 0:
         raise ValueError("clinical-only needs clinical columns; this cohort's clinical table has none")
-    config = mstnet_config(context.preset, clinical_cardinalities=tuple(context.clinical_cardinalities),
-                           num_numeric=context.num_numeric, use_clinical=True, **context.params)
-    return ClinicalOnlyClassifier(config)
+    return ClinicalOnlyClassifier(resolved_mstnet_config(dataclasses.replace(context, use_clinical=True)))
 
 
 ABLATIONS: tuple[Ablation, ...] = (

@@ -29,7 +29,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mstnet.experiments.registry import ModelContext, Recipe
+from mstnet.errors import UnknownNameError
+from mstnet.experiments.registry import ModelContext, Recipe, resolve_settings
 from mstnet.models.output import ModelOutput
 
 SEGMENTATION_CLASSES = 1
@@ -202,14 +203,20 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def preset_settings(method: str, presets: dict[str, dict[str, Any]], context: ModelContext) -> dict[str, Any]:
-    """Constructor settings of ``method`` for ``context.preset``, with ``context.params`` applied
-    to the keys the preset defines (other parameters are meant for other models and ignored)."""
+    """Constructor settings of ``method`` for ``context.preset``, with ``context.params`` applied.
+
+    The settings are recorded in ``context.settings`` (the model configuration of
+    ``config.json``).
+
+    Raises:
+        UnknownNameError: a preset ``presets`` lacks.
+        UsageError: a parameter the preset does not define, or a value of the wrong type.
+    """
     try:
-        settings = dict(presets[context.preset])
+        defaults = presets[context.preset]
     except KeyError:
-        raise KeyError(f"{method}: unknown preset {context.preset!r}; choose one of {sorted(presets)}") from None
-    settings.update({k: v for k, v in context.params.items() if k in settings})
-    return settings
+        raise UnknownNameError(f"{method}: unknown preset {context.preset!r}; choose one of {sorted(presets)}") from None
+    return resolve_settings(method, defaults, context)
 
 
 def segmentation_only_recipe(**fields: object) -> Recipe:

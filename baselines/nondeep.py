@@ -40,7 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mstnet.experiments.registry import DataView, ModelContext, register_experiment
+from mstnet.experiments.registry import DataView, ModelContext, register_experiment, resolve_settings
 
 IMAGING_COLUMN = re.compile(r"^(volume_mm3|diameter_mm|days)_t\d+$|^vdt_days$")
 """Columns measured on the scans; everything else in the frame is the clinical record."""
@@ -411,8 +411,9 @@ class ClinicalLogisticRegression:
         return self.pipeline.predict_proba(self._prepare(self.design(features)))[:, 1]
 
 
-def _param(context: ModelContext, name: str, default: Any) -> Any:
-    return context.params.get(name, default)
+def _settings(method: str, context: ModelContext, **defaults: Any) -> dict[str, Any]:
+    """The estimator's settings: ``defaults`` with the checked ``--set`` overrides (unknown keys refused)."""
+    return resolve_settings(method, defaults, context)
 
 
 register_experiment(
@@ -420,7 +421,7 @@ register_experiment(
     description="Logistic regression on the clinical record only (one-hot categoricals, standardised numerics).",
     tasks=("classification",), group="reference", kind="tabular", information="clinical_only",
     data_view=DataView(timepoints=1, use_clinical=True),
-)(lambda context: ClinicalLogisticRegression(C=_param(context, "C", 1.0), seed=_param(context, "seed", 0)))
+)(lambda context: ClinicalLogisticRegression(**_settings("logreg-clinical", context, C=1.0, seed=0)))
 
 register_experiment(
     "brock",
@@ -428,19 +429,18 @@ register_experiment(
     tasks=("classification",), group="reference", kind="tabular", information="single_timepoint",
     data_view=DataView(timepoints=1, use_clinical=True),
     footnote="Size = equivalent-sphere diameter of the reference mask, not the longest axial diameter.",
-)(lambda context: BrockModel(allow_missing=_param(context, "brock_allow_missing", False)))
+)(lambda context: BrockModel(allow_missing=_settings("brock", context, brock_allow_missing=False)["brock_allow_missing"]))
 
 register_experiment(
     "growth-rule",
     description="Screening growth rule: VDT of the last two scans < 400 days; score sigmoid(2 (r - r0) / r0).",
     tasks=("classification",), group="reference", kind="tabular", information="imaging_only",
     data_view=DataView(timepoints=2, use_clinical=False),
-)(lambda context: GrowthRule(threshold_days=_param(context, "threshold_days", GROWTH_THRESHOLD_DAYS)))
+)(lambda context: GrowthRule(**_settings("growth-rule", context, threshold_days=GROWTH_THRESHOLD_DAYS)))
 
 register_experiment(
     "logreg-growth",
     description="Logistic regression on growth rate, latest size and the clinical record.",
     tasks=("classification",), group="reference", kind="tabular", information="everything",
     data_view=DataView(timepoints=2, use_clinical=True),
-)(lambda context: ClinicalLogisticRegression(include_growth=True, C=_param(context, "C", 1.0),
-                                             seed=_param(context, "seed", 0)))
+)(lambda context: ClinicalLogisticRegression(include_growth=True, **_settings("logreg-growth", context, C=1.0, seed=0)))

@@ -1,14 +1,24 @@
-"""The ``mstnet`` command line: ``mstnet data ...``, ``mstnet model ...``, ``mstnet run`` and friends."""
+"""The ``mstnet`` command line: ``mstnet data ...``, ``mstnet model ...``, ``mstnet run`` and friends.
+
+Failures are one line on stderr (``error: ...``, with the valid choices where they help):
+exit code 2 for usage errors (:class:`mstnet.errors.UsageError`, click's own), 1 for data
+errors (:class:`mstnet.errors.DataError`) and anything unexpected. ``--debug`` anywhere on
+the command line (or ``MSTNET_DEBUG=1``) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
+import sys
+from collections.abc import Sequence
 
 import typer
 
 import mstnet.commands
+from mstnet.errors import DataError, UsageError
 
 GROUP_HELP = {
     "data": "Cohorts: synthesize, validate, summarise, preview, oracle ceilings.",
@@ -28,9 +38,42 @@ def build_app() -> typer.Typer:
     return app
 
 
-def main() -> None:
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``mstnet`` with ``argv`` (default ``sys.argv[1:]``); exits with the command's code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MSTNET_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build_app()()
+    command = typer.main.get_command(build_app())
+    try:
+        code = command.main(args=args, prog_name="mstnet", standalone_mode=False)
+    except typer.Exit as done:
+        code = done.exit_code
+    except typer.TyperException as error:  # click's usage errors (vendored by typer): bad option, missing argument
+        if debug:
+            raise
+        if type(error).__name__ == "NoArgsIsHelpError":
+            sys.stdout.write(error.format_message() + "\n")
+            sys.exit(2)
+        context = getattr(error, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail(f"{error.format_message()}{hint}", getattr(error, "exit_code", 2))
+    except (UsageError, DataError) as error:
+        if debug:
+            raise
+        _fail(str(error), error.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted; the same command resumes where it stopped", 130)
+    except Exception as error:  # noqa: BLE001 - the command line's last resort: one line, not a traceback
+        if debug:
+            raise
+        _fail(f"{type(error).__name__}: {error} (rerun with --debug for the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -190,12 +190,12 @@ def test_cli_validate_exits_1_with_a_table_of_problems_and_summary_describes_the
 
     runner = CliRunner()
     app = build_app()
-    sound = runner.invoke(app, ["data", "validate", str(tiny_cohort.root), "--min-timepoints", "2"])
+    sound = runner.invoke(app, ["data", "validate", str(tiny_cohort.root), "--min-timepoints", "2", "--folds", "2"])
     assert sound.exit_code == 0 and "no problems found" in sound.output
     summary = runner.invoke(app, ["data", "summary", str(tiny_cohort.root)])
     assert summary.exit_code == 0
     assert "patients" in summary.output and "0.8 - 0.8" in summary.output and "12 - 12" in summary.output
     tiny_cohort["P01"].scans[1].image.unlink()
-    broken = runner.invoke(app, ["data", "validate", str(tiny_cohort.root), "--min-timepoints", "3"])
+    broken = runner.invoke(app, ["data", "validate", str(tiny_cohort.root), "--min-timepoints", "3", "--folds", "2"])
     assert broken.exit_code == 1
     assert "5 problem(s)" in broken.output and "P01" in broken.output and "does not exist" in broken.output

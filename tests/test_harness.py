@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mstnet.errors import UsageError
 from mstnet.data.sources import load_cohort
 from mstnet.experiments.presets import run_preset
 from mstnet.experiments.registry import get_experiment
@@ -114,7 +115,7 @@ def test_interrupted_fold_resumes_and_finished_folds_are_not_retrained(tmp_path,
 
 def test_results_folder_refuses_other_folds(tmp_path, cohort_dir):
     _prepare(tmp_path / "runs", cohort_dir)
-    with pytest.raises(RuntimeError, match="other folds"):
+    with pytest.raises(UsageError, match="other folds"):
         prepare_runs(tmp_path / "runs", run_preset("tiny"), data=cohort_dir, seed=7)
 
 

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mstnet.commands.experiments import BINARIZE_HELP, OVERWRITE_HELP
+
 log = logging.getLogger(__name__)
 
 FULL_MODEL = "mstnet"
@@ -54,9 +56,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
         folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, help="epochs per training stage (default: the preset's)"),
+        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value for every model (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
     ) -> None:
         """Train MST-Net and the named ablations on the same folds, then write the report."""
         console = Console()
@@ -72,11 +76,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out = out or Path("runs") / f"ablations-{preset}"
         clock = time.perf_counter()
         options = build_options(preset, device, epochs, parse_assignments(set_), out)
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed)
+        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
         fold_list = parse_folds(folds)
         console.print(f"{len(specs)} experiments ({', '.join(s.name for s in specs)}) x "
                       f"{len(fold_list or range(prepared.splits.n_folds))} folds on {len(prepared.cohort)} patients -> {out}")
-        run_group(prepared, specs, options, folds=fold_list)
+        run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite)
         _report(out, report_out)
         console.print(f"wall time {time.perf_counter() - clock:.0f} s")
 

@@ -60,12 +60,31 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def validate_command(
         source: Path = typer.Argument(..., help="cohort folder (manifest, NLST layout or LIDC DICOM) or its CSV"),
         min_timepoints: int = typer.Option(1, "--min-timepoints", help="report patients with fewer scans"),
-        read_data: bool = typer.Option(False, "--read-data", help="read all image data, not only headers (slower)"),
+        read_data: bool = typer.Option(False, "--read-data", help="read all image data, not only headers (slower; finds "
+                                       "NaN / inf voxels, mask values other than 0 and 1, empty masks, truncated files)"),
+        binarize_masks: str | None = typer.Option(None, "--binarize-masks", metavar="nonzero|half",
+                                                  help="accept masks with values other than 0 and 1: nonzero = every "
+                                                       "value other than 0 is foreground, half = values >= 0.5 are"),
+        folds: int = typer.Option(5, "--folds", min=0, help="report a label with fewer patients than this many "
+                                  "cross-validation folds (0: no check)"),
+        segmentation: bool | None = typer.Option(None, "--segmentation/--no-segmentation",
+                                                 help="the experiment trains segmentation: masks must exist and, with "
+                                                      "--read-data, not all be empty [default: when any scan has a mask]"),
     ) -> None:
         """Report every problem of a cohort at once; exit code 1 when there is any."""
-        from mstnet.data.validate import validate_source
+        from mstnet.data.io import MASK_BINARIZATIONS
+        from mstnet.data.validate import CohortNeeds, validate_source
 
-        cohort, problems = validate_source(source, min_timepoints=min_timepoints, read_data=read_data)
+        if binarize_masks is not None and binarize_masks not in MASK_BINARIZATIONS:
+            raise typer.BadParameter(f"expected one of {', '.join(MASK_BINARIZATIONS)}, got {binarize_masks!r}",
+                                     param_hint="--binarize-masks")
+
+        def needs(cohort) -> CohortNeeds:
+            uses_masks = segmentation if segmentation is not None else any(
+                scan.mask is not None for patient in cohort for scan in patient.scans)
+            return CohortNeeds(min_timepoints=min_timepoints, n_folds=folds or None, segmentation=uses_masks)
+
+        cohort, problems = validate_source(source, needs, read_data=read_data, binarize_masks=binarize_masks)
         if not problems:
             console.print(f"[green]{source}: {len(cohort)} patients, no problems found[/green]")
             return

@@ -53,6 +53,10 @@ def init_distributed() -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+OVERWRITE_HELP = "replace results in --out made with another configuration (default: refuse them)"
+BINARIZE_HELP = "accept non-binary masks: 'nonzero' (value != 0) or 'half' (value >= 0.5) is foreground (default: refuse them)"
+
+
 def build_options(preset: str, device: str, epochs: int | None, params: dict[str, Any], runs_dir: Path,
                   callbacks: tuple = (), evaluate_test: bool = True, workers: int = 0):
     from mstnet.experiments.presets import run_preset
@@ -99,15 +103,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
         folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, help="epochs per training stage (default: the preset's)"),
+        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
         out: Path = typer.Option(Path("runs"), help="results folder"),
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
-        jobs: int = typer.Option(1, help="folds trained in parallel processes"),
+        jobs: int = typer.Option(1, min=1, help="folds trained in parallel processes"),
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
         params_from: str | None = typer.Option(None, "--params", help="'best': the best trial of an Optuna study (--study, --storage); --set still wins"),
         study: str | None = typer.Option(None, help="study for --params best (default <name>-<preset>-fold0)"),
         storage: str | None = typer.Option(None, help="storage for --params best (default OUT/<name>/tuning/study.db)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
     ) -> None:
         """Train and evaluate one experiment on the cross-validation folds; finished folds are skipped."""
         from mstnet.experiments.registry import get_experiment
@@ -124,8 +130,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             params = {**load_best_params(study or default_study_name(name, synthetic or preset),
                                          storage or default_storage(out, name)), **params}
         options = build_options(synthetic or preset, device, epochs, params, out, workers=workers)
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed)
-        run_group(prepared, [spec], options, folds=parse_folds(folds), jobs=jobs)
+        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
+        run_group(prepared, [spec], options, folds=parse_folds(folds), jobs=jobs, overwrite=overwrite)
         console.print(f"results in {out / spec.name.replace('/', '__')}")
 
     @app.command("reproduce")
@@ -137,28 +143,30 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
         folds: str | None = typer.Option(None, help="comma-separated folds (default: all five)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, help="epochs per training stage (default: the preset's)"),
+        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
         with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
         seed: int = typer.Option(0, help="seed of the folds"),
-        jobs: int | None = typer.Option(None, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
+        jobs: int | None = typer.Option(None, min=1, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
     ) -> None:
         """Run every experiment of a table on the same folds, then write the tables and figures."""
         from mstnet.experiments.registry import list_experiments
         from mstnet.experiments.reproduce import prepare_runs, run_group
 
         if target not in REPRODUCIBLE_GROUPS:
-            raise typer.BadParameter(f"target must be one of {sorted(REPRODUCIBLE_GROUPS)}; got {target!r}")
+            raise typer.BadParameter(f"target must be one of {', '.join(sorted(REPRODUCIBLE_GROUPS))}; got {target!r}")
         init_distributed()
         out = out or Path("runs") / f"{target}-{preset}"
         clock = time.perf_counter()
         options = build_options(preset, device, epochs, {}, out, workers=workers)
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed)
+        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
         specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
         if target == "ablations":
             specs = list_experiments("mstnet") + specs
         console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "
                       f"on {len(prepared.cohort)} patients -> {out}")
-        run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs)
+        run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs, overwrite=overwrite)
         write_report(out, report_out, with_published=with_published and target == "paper-table")
         console.print(f"wall time {time.perf_counter() - clock:.0f} s")

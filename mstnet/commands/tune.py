@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mstnet.commands.experiments import BINARIZE_HELP
+
 console = Console()
 
 
@@ -26,10 +28,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
         out: Path = typer.Option(Path("runs"), help="results folder (its splits.json fixes the folds)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, help="epochs per training stage (default: the preset's)"),
+        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
         set_: list[str] = typer.Option(None, "--set", help="fixed override key=value under every trial (repeatable)"),
         seed: int | None = typer.Option(None, help="sampler seed (default: random, so workers explore apart)"),
         split_seed: int = typer.Option(0, help="seed of the folds"),
+        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
     ) -> None:
         """Tune an experiment's hyperparameters with Optuna; the test folds are never evaluated."""
         from mstnet.commands.experiments import parse_assignments
@@ -43,7 +46,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise typer.BadParameter(f"--trials must be at least 1; got {trials}")
         result = tune(name, trials, storage=storage, study_name=study, timeout=timeout, pruner=pruner,
                       objective=objective, preset=preset, runs_dir=out, data=data, device=device, epochs=epochs,
-                      params=parse_assignments(set_), seed=seed, split_seed=split_seed)
+                      params=parse_assignments(set_), seed=seed, split_seed=split_seed, binarize_masks=binarize_masks)
         states = [trial.state.name.lower() for trial in result.trials]
         console.print(f"study {result.study_name!r}: {len(states)} trials "
                       f"({', '.join(f'{states.count(s)} {s}' for s in sorted(set(states)))})")

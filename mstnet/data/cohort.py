@@ -12,7 +12,12 @@ On disk (``../shared/design/protocol.md``, "Cohort format"):
   :data:`MANIFEST_COLUMNS`; paths may be relative to the manifest's folder.
 - ``clinical.csv``: one row per patient, ``patient_id`` plus clinical columns.
 - ``clinical_schema.json``: ``{"categorical": [...], "numeric": [...]}``, the type of each
-  clinical column (the "small sidecar file" of the protocol).
+  clinical column (the "small sidecar file" of the protocol), optionally with
+  ``"categories": {column: [allowed values, ...]}`` for categorical columns.
+
+How mask files are binarised (:data:`mstnet.data.io.MASK_BINARIZATIONS`) is a property of a
+loaded :class:`Cohort` (``mask_binarization``, set by the loader's ``binarize_masks``), not of
+the files: it is not written to disk.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from mstnet.atomic import write_text_atomic
+from mstnet.errors import DataError
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -73,7 +79,7 @@ class Problem:
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
 
-class CohortError(ValueError):
+class CohortError(DataError):
     """Raised for bad cohort input; carries every :class:`Problem` found, not only the first."""
 
     def __init__(self, problems: Problem | Sequence[Problem]):
@@ -123,34 +129,72 @@ class Patient:
 
 @dataclass(frozen=True)
 class ClinicalSchema:
-    """The type of every clinical column: categorical (codes) or numeric (floats)."""
+    """The type of every clinical column: categorical (codes) or numeric (floats).
+
+    ``categories`` optionally lists, per categorical column, the values it may take (as
+    strings); :func:`mstnet.data.validate.validate_cohort` reports values outside the list.
+    """
 
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return self.categorical + self.numeric
 
-    def to_json(self) -> dict[str, list[str]]:
-        return {"categorical": list(self.categorical), "numeric": list(self.numeric)}
+    def problems(self, file: str | Path | None = None) -> list[Problem]:
+        """What is inconsistent in the schema itself: a column listed as both categorical and
+        numeric (or twice), categories given for a column that is not categorical. Located at ``file``."""
+        where = str(file) if file is not None else None
+        found = []
+        for column in dict.fromkeys(self.columns):
+            if column in self.categorical and column in self.numeric:
+                found.append(Problem("listed as both categorical and numeric in the clinical schema; a column has one type",
+                                     column=column, file=where))
+            elif self.columns.count(column) > 1:
+                found.append(Problem(f"listed {self.columns.count(column)} times in the clinical schema", column=column, file=where))
+        for column in self.categories:
+            if column not in self.categorical:
+                found.append(Problem("the clinical schema gives categories for this column but it is not in its categorical list",
+                                     column=column, file=where))
+        return found
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"categorical": list(self.categorical), "numeric": list(self.numeric)}
+        if self.categories:
+            data["categories"] = {column: list(values) for column, values in self.categories.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ClinicalSchema":
-        unknown = set(data) - {"categorical", "numeric"}
+        unknown = set(data) - {"categorical", "numeric", "categories"}
         if unknown:
-            raise CohortError(Problem(f"unknown keys {sorted(unknown)} in clinical schema; expected 'categorical' and 'numeric'"))
-        return cls(tuple(data.get("categorical", ())), tuple(data.get("numeric", ())))
+            raise CohortError(Problem(f"unknown keys {sorted(unknown)} in clinical schema; expected 'categorical', "
+                                      "'numeric' and optionally 'categories'"))
+        categories = data.get("categories") or {}
+        if not isinstance(categories, Mapping) or not all(
+                isinstance(values, (list, tuple)) for values in categories.values()):
+            raise CohortError(Problem("'categories' of the clinical schema must map each categorical column to a list "
+                                      "of allowed values"))
+        return cls(tuple(data.get("categorical", ())), tuple(data.get("numeric", ())),
+                   {str(column): tuple(str(v) for v in values) for column, values in categories.items()})
 
 
 @dataclass(frozen=True)
 class Cohort:
-    """A list of patients with a shared clinical schema. ``root`` is where it was read from."""
+    """A list of patients with a shared clinical schema. ``root`` is where it was read from.
+
+    ``mask_binarization`` is how every reader of the cohort's masks binarises them (the
+    ``binarize`` argument of :func:`mstnet.data.io.read_mask`): ``None`` (strict, only 0 and
+    1 allowed), ``"nonzero"`` or ``"half"``. It is set when loading and not written to disk.
+    """
 
     patients: tuple[Patient, ...]
     clinical_schema: ClinicalSchema = ClinicalSchema()
     root: Path | None = None
     name: str = "cohort"
+    mask_binarization: str | None = None
 
     def __len__(self) -> int:
         return len(self.patients)

@@ -42,8 +42,10 @@ from mstnet.data.transforms import AugmentConfig, PreprocessConfig, augmentation
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-"""Bumped when the preprocessing code changes what it produces, so old cache entries are not reused."""
+CACHE_VERSION = 2
+"""Bumped when the preprocessing code changes what it produces, so old cache entries are not reused.
+2: z-score statistics in numpy float64 (:class:`~mstnet.data.transforms.ZScoreNormalised`), no
+longer dependent on the thread count that computed them."""
 
 Timepoints = None | int | Sequence[str]
 
@@ -82,8 +84,10 @@ def file_signature(path: Path | None) -> list:
     return [str(path), stat.st_mtime_ns, stat.st_size]
 
 
-def scan_cache_key(scan: Scan, config: PreprocessConfig) -> str:
-    """Hash of the scan's files (path, mtime, size), its nodule location and the preprocessing config."""
+def scan_cache_key(scan: Scan, config: PreprocessConfig, mask_binarization: str | None = None) -> str:
+    """Hash of the scan's files (path, mtime, size), its nodule location, the preprocessing config
+    and the rule its mask is binarised by (``Cohort.mask_binarization``; the strict default adds
+    nothing, so keys made before the rule existed stay valid)."""
     payload = {
         "version": CACHE_VERSION,
         "image": file_signature(scan.image),
@@ -91,6 +95,8 @@ def scan_cache_key(scan: Scan, config: PreprocessConfig) -> str:
         "nodule": asdict(scan.nodule) if scan.nodule is not None else None,
         "preprocess": config.to_json(),
     }
+    if mask_binarization is not None:
+        payload["mask_binarization"] = mask_binarization
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -156,7 +162,7 @@ class PatientDataset(Dataset):
         volume = read_volume(scan.image)
         mask = None
         if scan.mask is not None:
-            mask = read_mask(scan.mask, image_shape=volume.shape).array
+            mask = read_mask(scan.mask, image_shape=volume.shape, binarize=self.cohort.mask_binarization).array
             if mask.shape != volume.shape:
                 raise CohortError(Problem(f"mask shape {mask.shape} differs from image shape {volume.shape}",
                                           patient_id=patient.patient_id, timepoint=scan.timepoint, file=str(scan.mask)))
@@ -165,7 +171,7 @@ class PatientDataset(Dataset):
 
     def preprocessed(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
         """(image ``(D, H, W)`` float32, mask ``(D, H, W)`` uint8, spacing) of one scan, from a cache when possible."""
-        key = scan_cache_key(scan, self.preprocess)
+        key = scan_cache_key(scan, self.preprocess, self.cohort.mask_binarization)
         if self.memory_cache is not None and key in self.memory_cache:
             return self.memory_cache[key]
         entry = None

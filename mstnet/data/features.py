@@ -52,7 +52,7 @@ def patient_features(cohort: Cohort, timepoints: int) -> pd.DataFrame:
                 problems.append(Problem("no mask: size features need the nodule's reference mask",
                                         patient_id=patient.patient_id, timepoint=scan.timepoint))
                 continue
-            mask = read_mask(scan.mask)
+            mask = read_mask(scan.mask, binarize=cohort.mask_binarization)
             volume = float(np.count_nonzero(mask.array)) * float(np.prod(mask.spacing))
             volumes.append(volume)
             days.append(scan.days)

@@ -18,6 +18,8 @@ coordinates (nodule locations in a manifest) refer to the array this module retu
 
 Masks (:func:`read_mask`) read the same way into ``uint8``; a mask stored slice axis last
 ``(H, W, D)`` (the NLST release layout) is moved to ``(D, H, W)`` when the image shape is given.
+A mask must hold only 0 and 1 unless a binarisation rule (:data:`MASK_BINARIZATIONS`) is
+asked for. Every reader refuses a volume that is not 3D, naming the file and its shape.
 Writers write to a temporary name in the target folder and rename.
 """
 
@@ -46,6 +48,12 @@ SLICE_GAP_TOLERANCE = 0.1
 """Relative deviation of one slice gap from the typical (most common) gap that counts as a missing slice."""
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+MASK_BINARIZATIONS: dict[str, str] = {
+    "nonzero": "every value other than 0 is foreground",
+    "half": "values >= 0.5 are foreground",
+}
+"""Rules :func:`read_mask` accepts for masks holding values other than 0 and 1 (``None``: refuse them)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -423,7 +431,42 @@ def read_volume(path: str | Path, spacing: Sequence[float] | None = None) -> Vol
     return Volume(_load_npy(path).astype(np.float32, copy=False), _npy_spacing(path, spacing))
 
 
-def read_mask(path: str | Path, image_shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> Volume:
+def check_mask_binarization(binarize: str | None) -> str | None:
+    """``binarize`` itself when it is ``None`` or a key of :data:`MASK_BINARIZATIONS`; raises ValueError otherwise."""
+    if binarize is not None and binarize not in MASK_BINARIZATIONS:
+        raise ValueError(f"mask binarization must be None or one of {sorted(MASK_BINARIZATIONS)}, got {binarize!r}")
+    return binarize
+
+
+def _format_values(values: np.ndarray, limit: int = 8) -> str:
+    """``0, 0.5, 255`` for the distinct values of an array (the first ``limit``, then how many more)."""
+    shown = ", ".join(f"{float(v):g}" for v in values[:limit])
+    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} distinct values)"
+
+
+def binarize_mask(array: np.ndarray, binarize: str | None = None, file: str | Path | None = None) -> np.ndarray:
+    """A mask array as uint8 0/1 under the rule ``binarize`` (``None``, ``"nonzero"`` or ``"half"``).
+
+    Raises:
+        CohortError: (naming ``file``) a voxel is NaN or infinite, or, with ``binarize=None``,
+            a value is neither 0 nor 1.
+    """
+    check_mask_binarization(binarize)
+    where = str(file) if file is not None else None
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise CohortError(Problem(f"mask values must be finite, found {n_nan} NaN and {n_inf} inf voxel(s)", file=where))
+    if binarize == "half":
+        return np.ascontiguousarray(array >= 0.5, dtype=np.uint8)
+    if binarize is None and not ((array == 0) | (array == 1)).all():
+        raise CohortError(Problem(f"mask values must be 0 or 1, found {_format_values(np.unique(array))}; "
+                                  "pass --binarize-masks nonzero or half to accept it", file=where))
+    return np.ascontiguousarray(array != 0, dtype=np.uint8)
+
+
+def read_mask(path: str | Path, image_shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+              binarize: str | None = None) -> Volume:
     """Read a mask like :func:`read_volume`, as uint8 0/1 ``(D, H, W)``.
 
     Args:
@@ -431,7 +474,16 @@ def read_mask(path: str | Path, image_shape: Sequence[int] | None = None, spacin
         image_shape: ``(D, H, W)`` of its image. A mask stored slice axis last, ``(H, W, D)``
             (the NLST release layout), is then moved to ``(D, H, W)``; the file is untouched.
         spacing: as in :func:`read_volume`.
+        binarize: how values other than 0 and 1 are read. ``None`` (default, strict): they
+            are an error; ``"nonzero"``: every value other than 0 is foreground; ``"half"``:
+            values >= 0.5 are foreground. A :class:`~mstnet.data.cohort.Cohort` carries the
+            rule of its source as ``mask_binarization``.
+
+    Raises:
+        CohortError: as :func:`read_volume`; also (naming the file) a NaN or infinite voxel,
+            or, with ``binarize=None``, a value other than 0 and 1 (the message lists them).
     """
+    check_mask_binarization(binarize)
     path = Path(path)
     kind = image_format(path)
     if kind == "nifti":
@@ -445,7 +497,7 @@ def read_mask(path: str | Path, image_shape: Sequence[int] | None = None, spacin
         image_shape = tuple(int(n) for n in image_shape)
         if array.shape != image_shape and array.shape == image_shape[1:] + image_shape[:1]:
             array = np.moveaxis(array, -1, 0)
-    return Volume(np.ascontiguousarray(array != 0, dtype=np.uint8), volume.spacing, volume.origin, volume.direction)
+    return Volume(binarize_mask(array, binarize, path), volume.spacing, volume.origin, volume.direction)
 
 
 def read_volume_info(path: str | Path, spacing: Sequence[float] | None = None) -> VolumeInfo:
@@ -454,7 +506,12 @@ def read_volume_info(path: str | Path, spacing: Sequence[float] | None = None) -
     kind = image_format(path)
     if kind == "nifti":
         image = _load_nifti(path)
-        shape, affine = _canonical_shape(image.shape[:3][::-1], image.affine)
+        stored = tuple(int(n) for n in image.shape)
+        if len(stored) == 4 and stored[3] == 1:
+            stored = stored[:3]
+        if len(stored) != 3:
+            raise CohortError(Problem(f"expected a 3D volume, got shape {stored}", file=str(path)))
+        shape, affine = _canonical_shape(stored[::-1], image.affine)
     elif kind == "dicom":
         shape, affine = _canonical_shape(*dicom_stored_geometry(path))
     if kind in ("nifti", "dicom"):

@@ -6,14 +6,15 @@ The builder turns a :class:`ModelContext` (cohort view) plus configuration overr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
-from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment
-from mstnet.models.config import mstnet_config
+from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment, resolve_settings
+from mstnet.models.config import MSTNetConfig, mstnet_config
 from mstnet.models.mstnet import build_mstnet
 
 TWO_STAGE = Recipe(stages=("segmentation", "classification"))
@@ -30,18 +31,26 @@ def mstnet_builder(**config_overrides: Any) -> Callable[[ModelContext], nn.Modul
     """A model builder for MST-Net with ``config_overrides`` (fields of ``MSTNetConfig``)."""
 
     def build(context: ModelContext) -> nn.Module:
-        overrides = {
-            "image_size": tuple(context.image_size),
-            "num_timepoints": context.num_timepoints,
-            "clinical_cardinalities": tuple(context.clinical_cardinalities),
-            "num_numeric": context.num_numeric,
-            "use_clinical": context.use_clinical,
-            **config_overrides,
-            **context.params,
-        }
-        return build_mstnet(mstnet_config(context.preset, **overrides))
+        return build_mstnet(resolved_mstnet_config(context, **config_overrides))
 
     return build
+
+
+def resolved_mstnet_config(context: ModelContext, **config_overrides: Any) -> MSTNetConfig:
+    """The context's preset of :class:`MSTNetConfig` sized to its cohort view, with
+    ``config_overrides`` and then the checked ``context.params`` applied; every field is
+    recorded in ``context.settings``.
+
+    Raises:
+        UsageError: a parameter that is not a field of ``MSTNetConfig``, or a value of the wrong type.
+    """
+    base = mstnet_config(context.preset, image_size=tuple(context.image_size), num_timepoints=context.num_timepoints,
+                         clinical_cardinalities=tuple(context.clinical_cardinalities),
+                         num_numeric=context.num_numeric, use_clinical=context.use_clinical, **config_overrides)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    settings = resolve_settings("mstnet", fields, context)
+    context.settings.update(dataclasses.asdict(base) | dataclasses.asdict(replace(base, **settings)))
+    return replace(base, **settings)
 
 
 def mstnet_search_space(trial: Any) -> dict[str, Any]:

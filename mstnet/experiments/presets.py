@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mstnet.errors import UnknownNameError, choices
+
 
 @dataclass(frozen=True)
 class RunPreset:
@@ -51,4 +53,4 @@ def run_preset(name: str, **overrides: Any) -> RunPreset:
     try:
         return RUN_PRESETS[name].with_overrides(**overrides)
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(RUN_PRESETS)}") from None
+        raise UnknownNameError(f"unknown preset {name!r}; choose one of {choices(sorted(RUN_PRESETS))}") from None

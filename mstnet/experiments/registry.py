@@ -16,11 +16,14 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from mstnet.errors import UnknownNameError, UsageError, choices
 
 GROUPS = ("paper-table", "reference", "ablation", "extra")
 TASKS = ("segmentation", "classification")
@@ -81,7 +84,10 @@ class ModelContext:
         num_numeric: number of numeric clinical features.
         use_clinical: whether clinical inputs are fed.
         preset: the size preset name ("tiny", "cpu", "paper").
-        params: hyperparameter overrides (from the CLI or an Optuna trial).
+        params: model settings overridden from the CLI (``--set``) or an Optuna trial; a
+            builder refuses keys it does not know (:func:`resolve_settings`).
+        settings: filled by the builder with every setting it resolved (defaults and
+            overrides), the model configuration written to ``config.json``.
     """
 
     image_size: tuple[int, int, int]
@@ -91,6 +97,7 @@ class ModelContext:
     use_clinical: bool
     preset: str = "cpu"
     params: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,109 @@ class ExperimentSpec:
         }
 
 
+RECIPE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe))
+"""Keys of ``--set`` that change the training recipe; every other key is a model setting."""
+
+_POSITIVE_RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "early_stopping_patience", "gradient_accumulation")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (tuple, list)):
+        return "a list such as [1, 2]"
+    return type(value).__name__
+
+
+def checked_value(owner: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` for setting ``key`` of ``owner``, converted to the type of ``default``.
+
+    Integers are accepted where a number is expected, lists where a tuple is; a value of
+    another type is a :class:`UsageError` naming the key, the value and the expected type.
+    A setting whose default is ``None`` takes any value.
+    """
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+        value = tuple(value) if ok else value
+    elif isinstance(default, Mapping):
+        ok = isinstance(value, Mapping)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UsageError(f"{owner}: --set {key}={value!r} is not {_kind(default)} (default {default!r})")
+    return value
+
+
+def checked_settings(owner: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` with ``overrides`` applied, each checked by :func:`checked_value`.
+
+    Raises:
+        UsageError: a key that ``defaults`` lacks (naming it and the valid keys), or a value
+            of the wrong type.
+    """
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise UsageError(f"{owner}: unknown setting {', '.join(map(repr, unknown))} for --set; its settings are "
+                         f"{choices(sorted(defaults), limit=60)}; training-recipe fields are {choices(RECIPE_FIELDS, limit=60)}")
+    return {**defaults, **{key: checked_value(owner, key, value, defaults[key]) for key, value in overrides.items()}}
+
+
+def resolve_settings(owner: str, defaults: Mapping[str, Any], context: ModelContext) -> dict[str, Any]:
+    """A builder's settings: ``defaults`` with ``context.params`` applied (checked), recorded in ``context.settings``."""
+    settings = checked_settings(owner, defaults, context.params)
+    context.settings.update(settings)
+    return settings
+
+
+def split_overrides(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` overrides as (training-recipe fields, model settings)."""
+    recipe = {k: v for k, v in params.items() if k in RECIPE_FIELDS}
+    return recipe, {k: v for k, v in params.items() if k not in RECIPE_FIELDS}
+
+
+def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
+    """``recipe`` with ``overrides`` (recipe fields) applied, typed and range-checked.
+
+    Raises:
+        UsageError: a value of the wrong type, a non-positive epoch count, batch size,
+            learning rate or patience, or an unknown training stage.
+    """
+    defaults = dataclasses.asdict(recipe)
+    if recipe.stage_epochs is None:
+        defaults["stage_epochs"] = ()
+    values = checked_settings(owner, defaults, {k: v for k, v in overrides.items() if k != "stage_epochs" or v is not None})
+    if isinstance(values["stages"], str):
+        values["stages"] = tuple(values["stages"].split(","))
+    values["stage_epochs"] = tuple(values["stage_epochs"]) or None
+    for key in _POSITIVE_RECIPE_FIELDS:
+        if values[key] <= 0:
+            raise UsageError(f"{owner}: {key} must be positive, got {values[key]!r}")
+    for epochs in values["stage_epochs"] or ():
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise UsageError(f"{owner}: stage_epochs must be positive integers, got {values['stage_epochs']!r}")
+    unknown_stages = [name for name in values["stages"] if name not in ("joint", "segmentation", "classification")]
+    if unknown_stages or not values["stages"]:
+        raise UsageError(f"{owner}: stages {values['stages']!r}: each must be joint, segmentation or classification")
+    return Recipe(**values)
+
+
 _REGISTRY: dict[str, ExperimentSpec] = {}
 _PLUGIN_PACKAGES = ("mstnet.experiments.catalog", "baselines", "ablations")
 _plugins_loaded = False
@@ -194,11 +304,13 @@ def get_experiment(name: str) -> ExperimentSpec:
     except KeyError:
         close = fnmatch.filter(_REGISTRY, f"*{name}*")
         hint = f"; similar: {', '.join(sorted(close))}" if close else "; `mstnet list` shows all"
-        raise KeyError(f"no experiment named {name!r}{hint}") from None
+        raise UnknownNameError(f"no experiment named {name!r}{hint}") from None
 
 
 def list_experiments(pattern: str = "*", group: str | None = None) -> list[ExperimentSpec]:
     """Registered experiments whose name matches ``pattern`` (fnmatch), sorted by group then name."""
     _load_plugins()
+    if group is not None and group not in GROUPS:
+        raise UnknownNameError(f"no group named {group!r}; choose one of {choices(GROUPS)}")
     specs = [s for s in _REGISTRY.values() if fnmatch.fnmatch(s.name, pattern) and (group is None or s.group == group)]
     return sorted(specs, key=lambda s: (GROUPS.index(s.group), s.name))

@@ -3,22 +3,31 @@
 ``prepare_runs`` fixes the cohort and the folds of a results folder (``splits.json``,
 ``cohort.json``, ``oracle.json``); every experiment run into that folder uses the same
 splits, and a folder made for another cohort or other folds is refused.
+
+:func:`run_group` checks everything first and writes nothing until all checks pass
+(:func:`preflight`): the cohort against what the experiments need (one full read of every
+volume: :func:`mstnet.data.validate.validate_cohort`), the folds asked for, every
+experiment's settings, and each fold folder's configuration identity.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mstnet.atomic import write_text_atomic
-from mstnet.data.cohort import Cohort
+from mstnet.data.cohort import Cohort, CohortError
 from mstnet.data.sources import load_cohort
+from mstnet.data.validate import CohortNeeds, validate_cohort
+from mstnet.errors import UsageError
+from mstnet.experiments.identity import refuse_conflicts
 from mstnet.experiments.presets import RunPreset
 from mstnet.experiments.registry import ExperimentSpec, list_experiments
-from mstnet.experiments.runner import RunOptions, run_experiment
+from mstnet.experiments.runner import RunOptions, check_experiment, fold_dir_of, run_experiment
 from mstnet.experiments.splits import Splits, make_splits
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,9 @@ class PreparedRuns:
     runs_dir: Path
     cohort: Cohort
     splits: Splits
+    cohort_dir: Path | None = None
+    preset: str | None = None
+    crop_size: tuple[int, ...] | None = None
 
 
 def default_cohort_dir(preset: str, seed: int = 0) -> Path:
@@ -40,30 +52,57 @@ def default_cohort_dir(preset: str, seed: int = 0) -> Path:
     return Path(ensure_default_cohort(preset, seed=seed))
 
 
-def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, seed: int = 0) -> PreparedRuns:
-    """Load the cohort (``data`` or the embedded default for the preset) and fix the folds of ``runs_dir``."""
+def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, seed: int = 0, write: bool = True,
+                 binarize_masks: str | None = None) -> PreparedRuns:
+    """Load the cohort (``data`` or the embedded default for the preset) and fix the folds of ``runs_dir``.
+
+    Args:
+        write: write ``splits.json``, ``cohort.json`` and ``oracle.json`` now; ``False``
+            leaves that to :func:`commit_runs` (``run_group`` does it once its checks pass).
+        binarize_masks: how non-binary masks are read (None: refused; see ``mstnet data validate``).
+
+    Raises:
+        CohortError: a cohort that cannot be split into the preset's folds.
+        UsageError: ``runs_dir`` holds other folds than this cohort and seed give.
+    """
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     cohort_dir = Path(data) if data is not None else default_cohort_dir(preset.name, seed=seed)
-    cohort = load_cohort(cohort_dir)
+    cohort = load_cohort(cohort_dir, binarize_masks=binarize_masks)
+    # What the folds need (patients, enough of each label), before they are drawn; the full
+    # check of images and clinical records comes in :func:`preflight`.
+    problems = validate_cohort(cohort, CohortNeeds(n_folds=preset.n_folds, clinical=False), check_images=False)
+    if problems:
+        raise CohortError(problems)
     fresh = make_splits(cohort.patient_ids, cohort.labels, n_folds=preset.n_folds,
                         validation_fraction=preset.validation_fraction, seed=seed)
     splits_path = runs_dir / "splits.json"
+    splits = fresh
     if splits_path.exists():
         splits = Splits.read(splits_path)
         if splits.hash != fresh.hash:
-            raise RuntimeError(
+            raise UsageError(
                 f"{splits_path} holds other folds than this cohort and seed give (hash {splits.hash[:12]} vs "
                 f"{fresh.hash[:12]}): results in one folder must share folds; use another --out"
             )
-    else:
-        splits = fresh
-        splits.write(splits_path)
+    prepared = PreparedRuns(runs_dir, cohort, splits, cohort_dir, preset.name, tuple(preset.crop_size))
+    if write:
+        commit_runs(prepared)
+    return prepared
+
+
+def commit_runs(prepared: PreparedRuns) -> None:
+    """Write the folder's ``splits.json`` (once), ``cohort.json`` and ``oracle.json``."""
+    runs_dir, cohort, splits, cohort_dir = prepared.runs_dir, prepared.cohort, prepared.splits, prepared.cohort_dir
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not (runs_dir / "splits.json").exists():
+        splits.write(runs_dir / "splits.json")
+    if cohort_dir is None:
+        return
     ground_truth = (cohort_dir / "ground_truth.csv").exists()
     write_text_atomic(runs_dir / "cohort.json", json.dumps({
         "name": cohort_dir.name, "source": str(cohort_dir.resolve()), "patients": len(cohort),
-        "malignant": int(sum(cohort.labels)), "synthetic": ground_truth, "preset": preset.name,
-        "crop_size": list(preset.crop_size), "splits_hash": splits.hash,
+        "malignant": int(sum(cohort.labels)), "synthetic": ground_truth, "preset": prepared.preset,
+        "crop_size": list(prepared.crop_size or ()), "splits_hash": splits.hash,
         "note": ("synthetic cohort with known ground truth (not NLST)" if ground_truth else "user cohort"),
     }, indent=2) + "\n")
     oracle = cohort_dir / "oracle.json"
@@ -72,7 +111,46 @@ def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, se
         ceilings = ceilings.get("auc", ceilings)
         write_text_atomic(runs_dir / "oracle.json", json.dumps(
             {key: float(value) for key, value in ceilings.items() if isinstance(value, (int, float))}, indent=2) + "\n")
-    return PreparedRuns(runs_dir, cohort, splits)
+
+
+def cohort_needs(specs: Sequence[ExperimentSpec], n_folds: int) -> CohortNeeds:
+    """What the experiments of a run need of the cohort together."""
+    return CohortNeeds(min_timepoints=max(spec.data_view.timepoints for spec in specs), n_folds=n_folds,
+                       segmentation=any("segmentation" in spec.tasks for spec in specs),
+                       clinical=any(spec.data_view.use_clinical for spec in specs))
+
+
+def preflight(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: RunOptions, folds: Sequence[int],
+              overwrite: bool = False) -> None:
+    """Every check of a run, before anything is written.
+
+    1. The cohort, against what ``specs`` need, reading every volume in full (all problems at once).
+    2. The folds asked for exist.
+    3. Every experiment's settings resolve (unknown ``--set`` keys and wrong types refused).
+    4. No fold folder holds another configuration; with ``overwrite``, such folds are removed.
+
+    Raises:
+        CohortError: the cohort's problems. UsageError: anything else.
+    """
+    bad_folds = [fold for fold in folds if not 0 <= fold < prepared.splits.n_folds]
+    if bad_folds:
+        raise UsageError(f"--folds {','.join(map(str, bad_folds))}: no such fold; the folds are 0-{prepared.splits.n_folds - 1}")
+    if len(set(folds)) != len(folds):
+        raise UsageError(f"--folds {','.join(map(str, folds))} names a fold twice")
+    problems = validate_cohort(prepared.cohort, cohort_needs(specs, prepared.splits.n_folds), read_data=True)
+    if problems:
+        raise CohortError(problems)
+    conflicts = [line for spec in specs
+                 for line in check_experiment(spec, prepared.cohort, prepared.splits, prepared.runs_dir, options, folds)]
+    if overwrite:
+        for spec in specs:
+            for fold in folds:
+                folder = fold_dir_of(prepared.runs_dir, spec.name, fold)
+                if any(line.startswith(f"{folder} ") for line in conflicts):
+                    log.warning("--overwrite: removing %s", folder)
+                    shutil.rmtree(folder)
+        return
+    refuse_conflicts(conflicts)
 
 
 def _run_one_fold(name: str, prepared: PreparedRuns, options: RunOptions, fold: int, threads: int) -> tuple[str, int]:
@@ -87,14 +165,18 @@ def _run_one_fold(name: str, prepared: PreparedRuns, options: RunOptions, fold: 
 
 
 def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: RunOptions,
-              folds: Sequence[int] | None = None, jobs: int = 1) -> None:
+              folds: Sequence[int] | None = None, jobs: int = 1, overwrite: bool = False) -> None:
     """Run every experiment of ``specs`` on the prepared folds (finished folds are skipped).
+
+    :func:`preflight` runs first; only then are the folder's files written.
 
     With ``jobs > 1``, (experiment, fold) pairs run in that many processes, sharing the
     machine's cores between them (each fold writes only its own folder, atomically).
     Small 3D networks on a CPU use several processes better than several threads.
     """
     folds = list(folds) if folds is not None else list(range(prepared.splits.n_folds))
+    preflight(prepared, specs, options, folds, overwrite=overwrite)
+    commit_runs(prepared)
     if jobs <= 1:
         for index, spec in enumerate(specs, start=1):
             log.info("[%d/%d] %s", index, len(specs), spec.name)

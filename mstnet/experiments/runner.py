@@ -15,7 +15,8 @@ import math
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +27,23 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mstnet.data.clinical import ClinicalEncoder
 from mstnet.atomic import write_text_atomic
+from mstnet.data.clinical import ClinicalEncoder
 from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.transforms import PreprocessConfig
+from mstnet.errors import UsageError
 from mstnet.experiments.presets import RunPreset
-from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe
+from mstnet.experiments.identity import (
+    CONFIG_FILE,
+    IDENTITY_KEY,
+    PRESET_FIELDS_OUTSIDE_IDENTITY,
+    cohort_fingerprint,
+    configuration_hash,
+    identity_conflict,
+    refuse_conflicts,
+)
+from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe, checked_recipe, split_overrides
 from mstnet.experiments.splits import Fold, Splits
 from mstnet.experiments.training import (
     DistributedModel,
@@ -85,15 +96,16 @@ def experiment_dir(runs_dir: Path, name: str) -> Path:
 
 
 def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
-    """The experiment's recipe for the preset, with preset lengths and parameter overrides applied."""
+    """The experiment's recipe for the preset, with preset lengths and ``--set`` recipe fields applied.
+
+    Raises:
+        UsageError: a recipe field of the wrong type or out of range.
+    """
     recipe = spec.recipe_for(options.preset.name)
     recipe = replace(recipe, epochs=options.preset.epochs, batch_size=options.preset.batch_size,
                      early_stopping_patience=options.preset.patience)
-    recipe_fields = {f for f in Recipe.__dataclass_fields__}
-    overrides = {k: v for k, v in options.params.items() if k in recipe_fields}
-    if "stage_epochs" in overrides and overrides["stage_epochs"] is not None:
-        overrides["stage_epochs"] = tuple(overrides["stage_epochs"])
-    return replace(recipe, **overrides)
+    recipe_overrides, _ = split_overrides(options.params)
+    return checked_recipe(spec.name, recipe, recipe_overrides)
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -170,7 +182,7 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.de
 
 
 def model_context(spec: ExperimentSpec, encoder: ClinicalEncoder, options: RunOptions) -> ModelContext:
-    recipe_fields = set(Recipe.__dataclass_fields__)
+    _, model_overrides = split_overrides(options.params)
     return ModelContext(
         image_size=tuple(options.preset.crop_size),
         num_timepoints=spec.data_view.timepoints,
@@ -178,8 +190,78 @@ def model_context(spec: ExperimentSpec, encoder: ClinicalEncoder, options: RunOp
         num_numeric=encoder.num_numeric,
         use_clinical=spec.data_view.use_clinical,
         preset=options.preset.name,
-        params={k: v for k, v in options.params.items() if k not in recipe_fields},
+        params=model_overrides,
     )
+
+
+def tabular_context(spec: ExperimentSpec, options: RunOptions) -> ModelContext:
+    """The context of a tabular experiment; recipe fields do not apply to it and are refused."""
+    recipe_overrides, model_overrides = split_overrides(options.params)
+    if recipe_overrides:
+        raise UsageError(f"{spec.name} is fitted on patient features, not trained by the harness: "
+                         f"--set {', '.join(sorted(recipe_overrides))} does not apply to it")
+    return ModelContext(image_size=tuple(options.preset.crop_size), num_timepoints=spec.data_view.timepoints,
+                        clinical_cardinalities=(), num_numeric=0, use_clinical=spec.data_view.use_clinical,
+                        preset=options.preset.name, params=model_overrides)
+
+
+def _model_record(model: Any, context: ModelContext) -> dict[str, Any]:
+    """The model configuration of ``config.json``: class, resolved settings and trainable parameters."""
+    record: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                              "settings": dict(context.settings)}
+    if isinstance(model, torch.nn.Module):
+        record["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return record
+
+
+def _build_for_settings(spec: ExperimentSpec, context: ModelContext) -> torch.nn.Module:
+    """Build the model to resolve its settings: on the meta device (no memory), or on the CPU
+    for builders that read tensor values while constructing (MONAI's SwinUNETR)."""
+    try:
+        try:
+            with torch.device("meta"):
+                return spec.build(context)
+        except (RuntimeError, NotImplementedError):
+            context.settings.clear()
+            return spec.build(context)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, UsageError):
+            raise
+        raise UsageError(f"{spec.name}: cannot build the model with these settings: {error}") from None
+
+
+def fold_configuration(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int,
+                       options: RunOptions) -> dict[str, Any]:
+    """The full resolved configuration of one fold and its ``identity`` hash (``config.json``).
+
+    The model is built on PyTorch's meta device (no memory, no initialisation) to resolve its
+    settings, so an unknown ``--set`` key or a wrong type fails here, before any training.
+
+    Raises:
+        UsageError: a fold that does not exist, or settings the experiment refuses.
+    """
+    if not 0 <= fold_index < splits.n_folds:
+        raise UsageError(f"fold {fold_index} does not exist: the folds are 0-{splits.n_folds - 1}")
+    fold = splits.folds[fold_index]
+    preset = {k: v for k, v in asdict(options.preset).items() if k not in PRESET_FIELDS_OUTSIDE_IDENTITY}
+    if spec.kind == "tabular":
+        context = tabular_context(spec, options)
+        model, recipe = spec.build(context), None
+    else:
+        recipe = resolve_recipe(spec, options)
+        context = model_context(spec, ClinicalEncoder(cohort.clinical_schema).fit(cohort.subset(fold.train)), options)
+        model = _build_for_settings(spec, context)
+    configuration = {
+        "experiment": spec.metadata(), "fold": fold_index, "preset": preset,
+        "recipe": None if recipe is None else asdict(recipe),
+        "context": {k: v for k, v in asdict(context).items() if k != "settings"},
+        "model": _model_record(model, context),
+        "data": {"cohort_fingerprint": cohort_fingerprint(cohort), "splits_hash": splits.hash,
+                 "patients": {"train": len(fold.train), "validation": len(fold.validation), "test": len(fold.test)}},
+    }
+    configuration = json.loads(json.dumps(configuration, default=_json_default))
+    configuration[IDENTITY_KEY] = configuration_hash(configuration)
+    return configuration
 
 
 def predict(model: torch.nn.Module, loader, device: torch.device, use_clinical: bool, amp: bool):
@@ -260,16 +342,95 @@ def _write_gallery(path: Path, gallery, scans: list[dict]) -> None:
     tmp.replace(path)
 
 
+ATTEMPTS_FILE = "attempts.json"
+TRAIN_LOG = "train.log"
+
+
+class FoldAttempts:
+    """The attempts at one fold (``attempts.json``): start, finish and wall time of each.
+
+    A new attempt is recorded when a fold starts (or resumes); :meth:`tick` (an epoch
+    callback) keeps its wall time current, so a killed attempt still counts up to its last
+    epoch. ``run.json`` gets the total over all attempts.
+    """
+
+    def __init__(self, fold_dir: Path, write: bool = True):
+        self.path = Path(fold_dir) / ATTEMPTS_FILE
+        self.write = write
+        self.clock = time.perf_counter()
+        self.attempts: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.attempts.append({"started": datetime.now(timezone.utc).isoformat(), "finished": None, "wall_s": 0.0})
+        self._save()
+
+    def _save(self) -> None:
+        if self.write:
+            _write_json(self.path, self.attempts)
+
+    def tick(self, _record: Any = None) -> None:
+        self.attempts[-1]["wall_s"] = time.perf_counter() - self.clock
+        self._save()
+
+    def finish(self, resumed_from_epoch: int | None = None) -> dict[str, Any]:
+        """Close the current attempt; the fields of ``run.json`` that describe all attempts."""
+        self.tick()
+        self.attempts[-1].update(finished=datetime.now(timezone.utc).isoformat(), resumed_from_epoch=resumed_from_epoch)
+        self._save()
+        return {"started": self.attempts[0]["started"], "finished": self.attempts[-1]["finished"],
+                "wall_s": sum(a["wall_s"] for a in self.attempts), "attempts": self.attempts}
+
+
+@contextmanager
+def fold_log(fold_dir: Path) -> Iterator[None]:
+    """Append the package's log records (INFO and up) to ``fold_dir/train.log`` while the fold runs."""
+    handler = logging.FileHandler(Path(fold_dir) / TRAIN_LOG, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("mstnet")
+    previous_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        handler.close()
+        package_logger.setLevel(previous_level)
+
+
+def _write_fold_record(fold_dir: Path, spec: ExperimentSpec, splits: Splits, fold_index: int, metrics: dict[str, Any],
+                       patients: list[dict], attempts: FoldAttempts, threshold: float, device: torch.device,
+                       selected_epoch: dict[str, int] | None = None, resumed_from_epoch: int | None = None) -> None:
+    """predictions.csv, metrics.json, then run.json (last: its presence marks the fold complete)."""
+    if patients:
+        write_text_atomic(fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
+    _write_json(fold_dir / "metrics.json", metrics)
+    _write_json(fold_dir / "run.json", {
+        "status": "complete", "experiment": spec.name, "fold": fold_index, "splits_hash": splits.hash,
+        **attempts.finish(resumed_from_epoch), "selected_epoch": selected_epoch, "threshold": threshold,
+        "resumed_from_epoch": resumed_from_epoch, **_environment(device),
+    })
+
+
 def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int, runs_dir: Path,
              options: RunOptions) -> dict[str, Any]:
     """Train and evaluate one fold of a torch experiment; returns its metrics."""
-    fold = splits.folds[fold_index]
-    fold_dir = experiment_dir(runs_dir, spec.name) / f"fold{fold_index}"
+    configuration = fold_configuration(spec, cohort, splits, fold_index, options)
+    fold_dir = fold_dir_of(runs_dir, spec.name, fold_index)
+    refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
-    started, clock = datetime.now(timezone.utc).isoformat(), time.perf_counter()
+    main = is_main_process()
+    if main:
+        _write_json(fold_dir / CONFIG_FILE, configuration)
+    with fold_log(fold_dir) if main else nullcontext():
+        return _train_and_evaluate(spec, cohort, splits, fold_index, fold_dir, options, FoldAttempts(fold_dir, write=main))
+
+
+def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int, fold_dir: Path,
+                        options: RunOptions, attempts: FoldAttempts) -> dict[str, Any]:
     recipe = resolve_recipe(spec, options)
     seed_everything(recipe.seed + fold_index)
-    data = FoldData(cohort, fold, spec, options)
+    data = FoldData(cohort, splits.folds[fold_index], spec, options)
     context = model_context(spec, data.encoder, options)
     if options.device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest convolution algorithms (seeding still fixes
@@ -278,10 +439,8 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
     model = spec.build(context).to(options.device)
     if recipe.channels_last:
         to_channels_last(model)
-    config = {"experiment": spec.name, "fold": fold_index, "preset": asdict(options.preset), "recipe": asdict(recipe),
-              "context": asdict(context), "model": getattr(model, "config_dict", lambda: None)()}
-    if is_main_process():
-        _write_json(fold_dir / "config.json", config)
+    log.info("%s fold %d: %s, %d trainable parameters", spec.name, fold_index, type(model).__name__,
+             sum(p.numel() for p in model.parameters() if p.requires_grad))
     trained = model
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         trained = DistributedModel(model)
@@ -296,41 +455,51 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
 
     result = fit(trained, train_loader, _loader(data.validation, recipe.batch_size, False, 0, options.device, options.workers), recipe,
                  spec.tasks, fold_dir, options.device, use_clinical=spec.data_view.use_clinical,
-                 callbacks=options.callbacks, progress=options.progress)
+                 callbacks=(*options.callbacks, attempts.tick), progress=options.progress)
     history = pd.DataFrame([vars(r) for r in result.history])
     if not is_main_process():
         return {}
     write_text_atomic(fold_dir / "history.csv", history.to_csv(index=False))
     if not options.evaluate_test:
+        attempts.finish(result.resumed_from_epoch)
         return {"history": history}
     metrics, patients, scans, gallery, threshold = evaluate_fold(model, data, spec, options, recipe, fold_index)
-    if patients:
-        write_text_atomic(fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
     if scans:
         write_text_atomic(fold_dir / "segmentation.csv", pd.DataFrame(scans).to_csv(index=False))
         _write_gallery(fold_dir / "gallery.npz", gallery, scans)
-    _write_json(fold_dir / "metrics.json", metrics)
-    _write_json(fold_dir / "run.json", {
-        "status": "complete", "experiment": spec.name, "fold": fold_index, "splits_hash": splits.hash,
-        "started": started, "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_s": time.perf_counter() - clock, "selected_epoch": result.selected_epochs,
-        "threshold": threshold, "resumed_from_epoch": result.resumed_from_epoch,
-        **_environment(options.device),
-    })
+    _write_fold_record(fold_dir, spec, splits, fold_index, metrics, patients, attempts, threshold, options.device,
+                       selected_epoch=result.selected_epochs, resumed_from_epoch=result.resumed_from_epoch)
     return metrics
 
 
+def fold_dir_of(runs_dir: Path, name: str, fold_index: int) -> Path:
+    return experiment_dir(runs_dir, name) / f"fold{fold_index}"
+
+
 def fold_is_complete(runs_dir: Path, name: str, fold_index: int, splits: Splits) -> bool:
-    run_json = experiment_dir(runs_dir, name) / f"fold{fold_index}" / "run.json"
+    run_json = fold_dir_of(runs_dir, name, fold_index) / "run.json"
     if not run_json.exists():
         return False
     record = json.loads(run_json.read_text())
     if record.get("splits_hash") != splits.hash:
-        raise RuntimeError(
+        raise UsageError(
             f"{run_json} was produced with other folds (splits hash {record.get('splits_hash', '?')[:12]}, "
             f"now {splits.hash[:12]}); use another --out folder or delete that experiment's results"
         )
     return record.get("status") == "complete"
+
+
+def check_experiment(spec: ExperimentSpec, cohort: Cohort, splits: Splits, runs_dir: Path, options: RunOptions,
+                     folds: Sequence[int]) -> list[str]:
+    """Resolve every fold's configuration (refusing bad settings and folds) and return the
+    folds whose folder holds another configuration, one line each; nothing is written."""
+    conflicts = []
+    for fold_index in folds:
+        configuration = fold_configuration(spec, cohort, splits, fold_index, options)
+        conflict = identity_conflict(fold_dir_of(runs_dir, spec.name, fold_index), configuration)
+        if conflict:
+            conflicts.append(conflict)
+    return conflicts
 
 
 def run_experiment(
@@ -342,17 +511,27 @@ def run_experiment(
     folds: Sequence[int] | None = None,
     run_fold_fn: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Run ``spec`` on the given folds (all by default), skipping finished ones."""
+    """Run ``spec`` on the given folds (all by default), skipping finished ones.
+
+    Every fold's configuration is resolved and compared with what its folder holds before
+    anything is written (:func:`check_experiment`).
+
+    Raises:
+        UsageError: a fold out of range, settings the experiment refuses, or a folder that
+            holds another configuration.
+    """
     runs_dir = Path(runs_dir)
+    fold_list = list(folds) if folds is not None else list(range(splits.n_folds))
+    refuse_conflicts(check_experiment(spec, cohort, splits, runs_dir, options, fold_list))
     exp_dir = experiment_dir(runs_dir, spec.name)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         _write_json(exp_dir / "experiment.json", spec.metadata())
     fold_runner = run_fold_fn or (run_tabular_fold if spec.kind == "tabular" else run_fold)
     results = {}
-    for fold_index in folds if folds is not None else range(splits.n_folds):
+    for fold_index in fold_list:
         if fold_is_complete(runs_dir, spec.name, fold_index, splits):
-            log.info("%s fold %d: already complete, skipped", spec.name, fold_index)
+            log.info("%s fold %d: already complete with the same configuration, skipped", spec.name, fold_index)
             results[fold_index] = json.loads((exp_dir / f"fold{fold_index}" / "metrics.json").read_text())
             continue
         log.info("%s fold %d: training", spec.name, fold_index)
@@ -365,35 +544,31 @@ def run_tabular_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_
     """Fit a tabular (non-deep) classifier on patient features and evaluate it on the test fold."""
     from mstnet.data.features import patient_features
 
-    fold = splits.folds[fold_index]
-    fold_dir = experiment_dir(runs_dir, spec.name) / f"fold{fold_index}"
+    configuration = fold_configuration(spec, cohort, splits, fold_index, options)
+    fold_dir = fold_dir_of(runs_dir, spec.name, fold_index)
+    refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
-    started, clock = datetime.now(timezone.utc).isoformat(), time.perf_counter()
+    fold = splits.folds[fold_index]
     features = patient_features(cohort, timepoints=spec.data_view.timepoints)
-    label_of = dict(zip(cohort.patient_ids, cohort.labels))
-    context = ModelContext(image_size=tuple(options.preset.crop_size), num_timepoints=spec.data_view.timepoints,
-                           clinical_cardinalities=(), num_numeric=0, use_clinical=spec.data_view.use_clinical,
-                           preset=options.preset.name, params=dict(options.params))
-    estimator = spec.build(context)
-    estimator.fit(features.loc[list(fold.train)], np.array([label_of[p] for p in fold.train]))
-    val_probs = estimator.predict_proba(features.loc[list(fold.validation)])
-    threshold = youden_threshold([label_of[p] for p in fold.validation], val_probs)
-    test_ids = list(fold.test)
-    probabilities = estimator.predict_proba(features.loc[test_ids])
-    labels = np.array([label_of[p] for p in test_ids])
-    patients = [{"patient_id": p, "fold": fold_index, "label": int(y), "probability": float(q)}
-                for p, y, q in zip(test_ids, labels, probabilities)]
-    metrics = {"segmentation": None, "classification": _clean(classification_metrics(labels, probabilities)),
-               "classification_at_validation_threshold": _clean(classification_metrics(labels, probabilities, threshold=threshold)),
-               "validation_threshold": threshold, "convention": "monai", "average": "binary", "threshold": 0.5}
-    _write_json(fold_dir / "config.json", {"experiment": spec.name, "fold": fold_index, "context": asdict(context),
-                                           "features": list(features.columns)})
-    write_text_atomic(fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
-    _write_json(fold_dir / "metrics.json", metrics)
-    _write_json(fold_dir / "run.json", {
-        "status": "complete", "experiment": spec.name, "fold": fold_index, "splits_hash": splits.hash,
-        "started": started, "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_s": time.perf_counter() - clock, "selected_epoch": None, "threshold": threshold,
-        **_environment(options.device),
-    })
+    configuration["features"] = list(features.columns)
+    _write_json(fold_dir / CONFIG_FILE, configuration)
+    with fold_log(fold_dir):
+        attempts = FoldAttempts(fold_dir)
+        label_of = dict(zip(cohort.patient_ids, cohort.labels))
+        estimator = spec.build(tabular_context(spec, options))
+        log.info("%s fold %d: fitting %s on %d patients, %d features", spec.name, fold_index, type(estimator).__name__,
+                 len(fold.train), features.shape[1])
+        estimator.fit(features.loc[list(fold.train)], np.array([label_of[p] for p in fold.train]))
+        val_probs = estimator.predict_proba(features.loc[list(fold.validation)])
+        threshold = youden_threshold([label_of[p] for p in fold.validation], val_probs)
+        test_ids = list(fold.test)
+        probabilities = estimator.predict_proba(features.loc[test_ids])
+        labels = np.array([label_of[p] for p in test_ids])
+        patients = [{"patient_id": p, "fold": fold_index, "label": int(y), "probability": float(q)}
+                    for p, y, q in zip(test_ids, labels, probabilities)]
+        metrics = {"segmentation": None, "classification": _clean(classification_metrics(labels, probabilities)),
+                   "classification_at_validation_threshold": _clean(classification_metrics(labels, probabilities,
+                                                                                           threshold=threshold)),
+                   "validation_threshold": threshold, "convention": "monai", "average": "binary", "threshold": 0.5}
+        _write_fold_record(fold_dir, spec, splits, fold_index, metrics, patients, attempts, threshold, options.device)
     return metrics

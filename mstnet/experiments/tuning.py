@@ -202,6 +202,7 @@ def tune(
     split_seed: int = 0,
     keep_checkpoints: bool = False,
     progress: bool = False,
+    binarize_masks: str | None = None,
 ) -> optuna.Study:
     """Run ``n_trials`` trials of experiment ``name`` in this process (more processes may join the study).
 
@@ -224,13 +225,14 @@ def tune(
         split_seed: seed of the folds.
         keep_checkpoints: keep ``last.pt``/``best.pt`` of every trial (off: only histories stay).
         progress: show per-epoch progress bars.
+        binarize_masks: how non-binary masks are read (None: refused).
 
     Returns:
         The study, with every trial of every worker so far.
     """
     from mstnet.experiments.presets import run_preset
     from mstnet.experiments.registry import get_experiment
-    from mstnet.experiments.reproduce import prepare_runs
+    from mstnet.experiments.reproduce import commit_runs, preflight, prepare_runs
     from mstnet.experiments.runner import RunOptions, resolve_recipe, run_fold
     from mstnet.experiments.training import resolve_device, stages_for
 
@@ -245,12 +247,15 @@ def tune(
     runs_dir = Path(runs_dir)
     study_name = study_name or default_study_name(name, preset, objective)
     base = study_dir(runs_dir, name, study_name)
-    base.mkdir(parents=True, exist_ok=True)
     run_options = RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device),
                              params=dict(params or {}), cache_dir=runs_dir / ".cache", progress=progress,
                              evaluate_test=False)
-    prepared = prepare_runs(runs_dir, run_options.preset, data=data, seed=split_seed)
+    prepared = prepare_runs(runs_dir, run_options.preset, data=data, seed=split_seed, write=False,
+                            binarize_masks=binarize_masks)
     folds: Sequence[int] = (0,) if objective == "fold0" else tuple(range(prepared.splits.n_folds))
+    preflight(replace(prepared, runs_dir=base / "preflight"), [spec], run_options, folds)
+    commit_runs(prepared)
+    base.mkdir(parents=True, exist_ok=True)
     stages = stages_for(resolve_recipe(spec, run_options), spec.tasks)
     stage_offsets = {stage.name: sum(s.epochs for s in stages[:i]) for i, stage in enumerate(stages)}
     steps_per_fold = sum(stage.epochs for stage in stages)

@@ -34,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from mstnet.errors import DataError
+
 log = logging.getLogger(__name__)
 
 SEGMENTATION_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
@@ -46,7 +48,7 @@ FOLD_FOLDER = re.compile(r"^fold(\d+)$")
 BENCHMARK_PATTERNS: tuple[str, ...] = ("benchmark*.json", "benchmarks/**/*.json", ".benchmarks/**/*.json")
 
 
-class ResultsError(ValueError):
+class ResultsError(DataError):
     """A result file is missing, unreadable or breaks ``docs/results-format.md``."""
 
 
@@ -227,6 +229,9 @@ def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results
                 galleries[(name, k)] = fold_dir / "gallery.npz"
         if (folder / "tuning" / "study.db").exists():
             studies[name] = folder / "tuning" / "study.db"
+    if not records:
+        raise ResultsError(f"{runs_dir}: no results to report (no experiment folder with a complete fold: "
+                           "<experiment>/experiment.json and <experiment>/fold<k>/run.json)")
     experiments = pd.DataFrame.from_records(records, columns=[
         "experiment", "description", "group", "table_row", "tasks", "information", "footnote", "kind", "folder",
         "runs_dir"]).set_index("experiment")

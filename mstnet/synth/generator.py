@@ -52,7 +52,8 @@ from tqdm.auto import tqdm
 from mstnet.atomic import write_text_atomic
 from mstnet.data.cohort import ClinicalSchema, Cohort, NoduleLocation, Patient, Scan
 from mstnet.synth.oracle import oracle_report, oracle_scores, write_oracle
-from mstnet.synth.risk import ClinicalMarginals, GrowthModel, brock_logit, brock_terms, solve_offset, texture_class, vdt_days
+from mstnet.synth.risk import (TEXTURES, ClinicalMarginals, GrowthModel, brock_logit, brock_terms, solve_offset, texture_class,
+                               vdt_days)
 from mstnet.synth.shape_bank import ShapeBank, load_shape_bank
 from mstnet.synth.thorax import TissueHU, WorldTexture, lung_mask_2d, make_anatomy, render_thorax
 
@@ -64,6 +65,15 @@ CLINICAL_SCHEMA = ClinicalSchema(
     numeric=("age", "pack_years", "nodule_count"),
 )
 """Columns of ``clinical.csv`` (NLST names first, then the Brock covariates)."""
+
+
+def clinical_categories(config: SynthConfig) -> dict[str, tuple[str, ...]]:
+    """The values each categorical column of :data:`CLINICAL_SCHEMA` can take (written to ``clinical_schema.json``)."""
+    binary = ("0", "1")
+    return {"race": tuple(str(code) for code in config.clinical.race_codes), "cigsmok": binary, "gender": ("1", "2"),
+            "scr_res0": ("2", "4"), "scr_iso0": ("2", "4"), "family_history": binary, "emphysema": binary,
+            "upper_lobe": binary, "nodule_type": TEXTURES, "spiculated": binary}
+
 
 GENERATOR_VERSION = 2
 
@@ -520,7 +530,8 @@ def _build_cohort(config: SynthConfig, table: pd.DataFrame, results: dict[str, d
         record = {**record, "nodule_type": record["texture"]}
         clinical = {name: record[name] for name in CLINICAL_SCHEMA.columns}
         patients.append(Patient(record["patient_id"], int(record["label"]), tuple(scans), clinical))
-    return Cohort(tuple(patients), CLINICAL_SCHEMA, root=folder, name=f"synthetic-{config.name}")
+    schema = dataclasses.replace(CLINICAL_SCHEMA, categories=clinical_categories(config))
+    return Cohort(tuple(patients), schema, root=folder, name=f"synthetic-{config.name}")
 
 
 def _ground_truth(config: SynthConfig, table: pd.DataFrame, results: dict[str, dict]) -> pd.DataFrame:

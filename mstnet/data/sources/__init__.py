@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from mstnet.data.cohort import Cohort, CohortError, Problem
+from mstnet.data.io import check_mask_binarization
 from mstnet.data.sources.lidc import find_series_folders, load_lidc_cohort
 from mstnet.data.sources.manifest import load_manifest_cohort
 from mstnet.data.sources.nlst import find_annotation_csv, load_nlst_cohort, write_nlst_layout
@@ -49,23 +51,34 @@ def detect_kind(source: str | Path) -> str:
                               "and no DICOM series below it", file=str(source)))
 
 
-def load_cohort(source: str | Path, kind: str = "auto", **options) -> Cohort:
+def load_cohort(source: str | Path, kind: str = "auto", binarize_masks: str | None = None, **options) -> Cohort:
     """Read a cohort from ``source`` with the loader for ``kind`` (``"auto"``: :func:`detect_kind`).
 
-    ``options`` go to the loader (:func:`load_manifest_cohort`, :func:`load_nlst_cohort`,
-    :func:`load_lidc_cohort`).
+    Args:
+        source: the cohort folder (or its CSV file).
+        kind: one of :data:`SOURCE_KINDS`.
+        binarize_masks: how the cohort's masks are read, stored as ``Cohort.mask_binarization``
+            and used by every reader (:func:`mstnet.data.io.read_mask`'s ``binarize``):
+            ``None`` (default) masks must hold only 0 and 1; ``"nonzero"`` every value other
+            than 0 is foreground; ``"half"`` values >= 0.5 are foreground.
+        options: go to the loader (:func:`load_manifest_cohort`, :func:`load_nlst_cohort`,
+            :func:`load_lidc_cohort`).
     """
     if kind not in SOURCE_KINDS:
         raise ValueError(f"kind must be one of {SOURCE_KINDS}, got {kind!r}")
+    check_mask_binarization(binarize_masks)
     source = Path(source)
     kind = detect_kind(source) if kind == "auto" else kind
     if kind == "manifest":
-        return load_manifest_cohort(source, **options)
-    if kind == "nlst":
+        cohort = load_manifest_cohort(source, **options)
+    elif kind == "nlst":
         if source.is_file():
-            return load_nlst_cohort(source.parent, annotations_csv=source, **options)
-        return load_nlst_cohort(source, **options)
-    return load_lidc_cohort(source, **options)
+            cohort = load_nlst_cohort(source.parent, annotations_csv=source, **options)
+        else:
+            cohort = load_nlst_cohort(source, **options)
+    else:
+        cohort = load_lidc_cohort(source, **options)
+    return replace(cohort, mask_binarization=binarize_masks) if binarize_masks is not None else cohort
 
 
 __all__ = ["SOURCE_KINDS", "detect_kind", "load_cohort", "load_lidc_cohort", "load_manifest_cohort", "load_nlst_cohort",

@@ -15,6 +15,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +72,8 @@ def resolve_schema(schema: ClinicalSchema | Mapping | str | Path | None, folder:
             return ClinicalSchema.from_json(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
             raise CohortError(Problem(f"not valid JSON: {error}", file=str(path))) from error
+        except CohortError as error:
+            raise CohortError([replace(p, file=p.file or str(path)) for p in error.problems]) from error
     if schema is not None:
         raise CohortError(Problem("clinical schema file does not exist", file=str(path)))
     if clinical is None:
@@ -215,6 +218,9 @@ def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | M
     clinical_file = folder / "clinical.csv"
     clinical_frame = read_csv_text(clinical_file) if clinical_file.exists() else None
     schema = resolve_schema(clinical_schema, folder, clinical_frame, "patient_id")
+    schema_file = (Path(clinical_schema) if isinstance(clinical_schema, (str, Path))
+                   else folder / "clinical_schema.json" if clinical_schema is None else None)
+    problems.extend(schema.problems(schema_file if schema_file is not None and schema_file.exists() else None))
     records: dict[str, dict[str, object]] = {}
     if clinical_frame is not None:
         try:

@@ -148,6 +148,7 @@ def load_nlst_cohort(folder: str | Path, annotations_csv: str | Path | None = No
             problems.extend(error.problems)
     elif clinical_csv is not None:
         problems.append(Problem("clinical CSV does not exist", file=str(clinical_path)))
+    problems.extend(schema.problems())
     if problems:
         raise CohortError(problems)
 
@@ -180,7 +181,7 @@ def write_nlst_layout(cohort: Cohort, folder: str | Path, write_spacing: bool = 
             volume = read_volume(scan.image)
             write_npy(folder / "images" / stem, volume.array.astype(np.float32), volume.spacing if write_spacing else None)
             if scan.mask is not None:
-                mask = read_mask(scan.mask, image_shape=volume.shape)
+                mask = read_mask(scan.mask, image_shape=volume.shape, binarize=cohort.mask_binarization)
                 write_npy(folder / "masks" / stem, np.moveaxis(mask.array, 0, -1), mask.spacing if write_spacing else None)
             loc = scan.nodule
             rows.append({"Subject ID": patient.patient_id, "study_yr": scan.timepoint,
