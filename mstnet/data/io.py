@@ -39,6 +39,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from mstnet.atomic import atomic_path, write_text_atomic
 from mstnet.data.cohort import CohortError, Problem
+from mstnet.errors import UsageError
 
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -432,9 +433,10 @@ def read_volume(path: str | Path, spacing: Sequence[float] | None = None) -> Vol
 
 
 def check_mask_binarization(binarize: str | None) -> str | None:
-    """``binarize`` itself when it is ``None`` or a key of :data:`MASK_BINARIZATIONS`; raises ValueError otherwise."""
+    """``binarize`` itself when it is ``None`` or a key of :data:`MASK_BINARIZATIONS`; raises UsageError otherwise."""
     if binarize is not None and binarize not in MASK_BINARIZATIONS:
-        raise ValueError(f"mask binarization must be None or one of {sorted(MASK_BINARIZATIONS)}, got {binarize!r}")
+        raise UsageError(f"--binarize-masks {binarize!r}: choose one of {', '.join(sorted(MASK_BINARIZATIONS))} "
+                         "(or leave it out to refuse non-binary masks)")
     return binarize
 
 

@@ -6,8 +6,10 @@ Deterministic part (:func:`preprocessing_transform`, cached by the dataset), on 
 1. :class:`ResampleToSpacingd` (only when ``target_spacing`` is set): MONAI ``Spacing``,
    image trilinear, mask nearest; the nodule location is rescaled with the grid.
 2. HU clipping to ``hu_window`` (MONAI ``ScaleIntensityRanged`` with ``clip=True``).
-3. Normalisation: ``"zscore"`` (MONAI ``NormalizeIntensityd`` over the whole volume, as the
-   paper z-scores each 16 x 512 x 512 volume) or ``"window"`` (the HU window mapped to [0, 1]).
+3. Normalisation: ``"zscore"`` (:class:`ZScoreNormalised`: MONAI ``NormalizeIntensityd``'s
+   formula over the whole volume, as the paper z-scores each 16 x 512 x 512 volume, with the
+   statistics computed so that they do not depend on the thread count) or ``"window"`` (the HU
+   window mapped to [0, 1]).
 4. :class:`NoduleCropd`: a ``crop_size`` box centred on the nodule (its location, else the
    mask centroid, else the volume centre), padded where it leaves the volume (image with the
    volume's minimum, i.e. air; mask with 0). ``crop_mode="slab"`` is the seed's input: the
@@ -34,7 +36,6 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     MapTransform,
-    NormalizeIntensityd,
     RandFlipd,
     RandGaussianNoised,
     RandRotate90d,
@@ -136,6 +137,32 @@ class ResampleToSpacingd(MapTransform):
         return out
 
 
+class ZScoreNormalised(MapTransform):
+    """Z-score ``keys`` over the whole volume: ``(x - mean) / std`` (population std; 1 where it is 0).
+
+    The formula of MONAI ``NormalizeIntensityd`` (no ``nonzero``, no ``channel_wise``), but the
+    statistics are numpy float64 reductions rather than float32 torch ones: torch splits a
+    reduction of more than 32768 elements over its intra-op threads, so the mean changes in the
+    last bit with ``torch.get_num_threads()`` (the main process has several, a DataLoader worker
+    one), and every voxel by ~1e-6 with it. numpy reduces in one thread with pairwise summation,
+    so the result is the same in any process on any machine. Returns float32 numpy arrays.
+    """
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            array = np.asarray(_as_numpy(out[key]), dtype=np.float32)
+            if array.size == 0:
+                out[key] = array
+                continue
+            mean = array.mean(dtype=np.float64)
+            std = array.std(dtype=np.float64)
+            if np.float32(std) == 0.0:
+                std = 1.0
+            out[key] = ((array - mean) / std).astype(np.float32)
+        return out
+
+
 def crop_centre(shape: Sequence[int], nodule: NoduleLocation | None, mask: np.ndarray | None, mode: str = "nodule") -> tuple[float, float, float]:
     """Centre ``(z, y, x)`` in voxels of the crop: see :class:`NoduleCropd`."""
     depth, height, width = shape
@@ -207,7 +234,7 @@ def preprocessing_transform(config: PreprocessConfig) -> Compose:
         else:
             steps.append(ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=low, b_max=high, clip=True))
     if config.normalisation == "zscore":
-        steps.append(NormalizeIntensityd("image"))
+        steps.append(ZScoreNormalised("image"))
     steps.append(NoduleCropd(("image", "mask"), config.crop_size, config.crop_mode))
     return Compose(steps, map_items=False)
 

@@ -224,9 +224,11 @@ def _build_for_settings(spec: ExperimentSpec, context: ModelContext) -> torch.nn
         except (RuntimeError, NotImplementedError):
             context.settings.clear()
             return spec.build(context)
-    except (TypeError, ValueError) as error:
-        if isinstance(error, UsageError):
+    except UsageError as error:
+        if str(error).startswith(f"{spec.name}:"):
             raise
+        raise UsageError(f"{spec.name}: {error}") from None
+    except (TypeError, ValueError) as error:
         raise UsageError(f"{spec.name}: cannot build the model with these settings: {error}") from None
 
 

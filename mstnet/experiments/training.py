@@ -358,6 +358,8 @@ def fit(
             val_loss, val_dice, val_auc = evaluate_loss(model, validation_loader, loss_fn, device, use_clinical, recipe.amp)
             record = EpochRecord(stage.name, epoch, train_loss / max(n_seen, 1), val_loss, -val_loss, lr, val_dice, val_auc)
             history.append(record)
+            log.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f, Dice %.3f, AUC %.3f, lr %.2e",
+                     stage.name, epoch + 1, stage.epochs, record.train_loss, val_loss, val_dice, val_auc, lr)
             if record.val_score > state["best_score"]:
                 state.update(best_score=record.val_score, stale=0,
                              best_weights={k: v.detach().cpu().clone() for k, v in core.state_dict().items()})
