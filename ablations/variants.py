@@ -26,7 +26,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from mstnet.experiments.catalog import mstnet_builder, mstnet_search_space, resolved_mstnet_config
-from mstnet.experiments.registry import DataView, ModelContext, Recipe, get_experiment, register_experiment
+from mstnet.experiments.registry import (DEFAULT_CLINICAL_SOURCES, DataView, ModelContext, Recipe, get_experiment,
+                                         register_experiment)
 from mstnet.models.clinical import ClinicalEncoder
 from mstnet.models.config import MSTNetConfig
 from mstnet.models.mstnet import SpatiotemporalClassifier
@@ -48,8 +49,10 @@ class Ablation:
         description: one line for ``mstnet ablate --list`` and ``mstnet list``.
         question: what comparing it with the full model answers.
         config: overridden fields of ``MSTNetConfig`` (empty: the paper's configuration).
-        data_view: time points and modalities fed (the full model: 2 time points + clinical).
-        information: the oracle subset its inputs carry (a key of ``oracle.json``).
+        data_view: time points, modalities and clinical sources fed (the full model: 2 time
+            points + the clinical record's history and screening columns, no radiologist reads).
+        information: the oracle subset its inputs carry (a key of ``oracle.json``); default
+            (None): derived from ``data_view`` (:meth:`DataView.information`).
         stages: training stages replacing MST-Net's two-stage recipe (None: MST-Net's, per preset).
         tasks: the tasks its model solves.
         build: a builder replacing MST-Net's (None: MST-Net with ``config``).
@@ -60,10 +63,14 @@ class Ablation:
     question: str
     config: dict[str, Any] = field(default_factory=dict)
     data_view: DataView = DataView(timepoints=2, use_clinical=True)
-    information: str = "everything"
+    information: str | None = None
     stages: tuple[str, ...] | None = None
     tasks: tuple[str, ...] = ("segmentation", "classification")
     build: Callable[[ModelContext], nn.Module] | None = None
+
+    def __post_init__(self) -> None:
+        if self.information is None:
+            object.__setattr__(self, "information", self.data_view.information())
 
     def changes(self) -> str:
         """What differs from the full model, as ``key=value`` text."""
@@ -74,6 +81,8 @@ class Ablation:
             parts.append(f"timepoints={self.data_view.timepoints}")
         if not self.data_view.use_clinical:
             parts.append("use_clinical=False")
+        if self.data_view.clinical_sources != DEFAULT_CLINICAL_SOURCES:
+            parts.append(f"clinical_sources={'+'.join(self.data_view.clinical_sources)}")
         if self.stages is not None:
             parts.append(f"stages={','.join(self.stages)}")
         return ", ".join(parts)
@@ -123,18 +132,24 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation(
         "image-only", "MST-Net without the clinical record: no clinical encoder, no CMAF, head on the image vector.",
         "How much does the clinical record (and CMAF) add to the images?",
-        data_view=DataView(timepoints=2, use_clinical=False), information="imaging_only",
+        data_view=DataView(timepoints=2, use_clinical=False),
     ),
     Ablation(
         "clinical-only", "MST-Net's clinical encoder and classification head alone, no images (no segmentation).",
         "How far does the clinical record alone go?",
-        data_view=DataView(timepoints=1, use_clinical=True), information="clinical_only",
+        data_view=DataView(timepoints=1, use_clinical=True), information="clinical",
         tasks=("classification",), build=build_clinical_only,
     ),
     Ablation(
         "single-timepoint", "MST-Net on the latest scan only (T = 1; CMSTF sees the pair (f, f), no change).",
         "How much does the earlier scan (growth) add?",
-        data_view=DataView(timepoints=1, use_clinical=True), information="single_timepoint",
+        data_view=DataView(timepoints=1, use_clinical=True),
+    ),
+    Ablation(
+        "with-reads", "MST-Net whose clinical branch also sees the radiologist's reads (nodule type, spiculation, "
+                      "emphysema, upper lobe, nodule count).",
+        "How much do the radiologist's reads of the CT add to the images and the clinical record?",
+        data_view=DataView(timepoints=2, use_clinical=True, clinical_sources=("history", "screening", "read")),
     ),
     Ablation(
         "planar-2d", "ViT and decoder per axial slice (2D) instead of volumetric; the classifier sees the stack.",

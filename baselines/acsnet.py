@@ -227,7 +227,6 @@ ACSNET_PRESETS = {
     tasks=("segmentation", "classification"),
     group="paper-table",
     table_row="ACSNet",
-    information="imaging_only",
     data_view=DataView(timepoints=2, use_clinical=False),
     recipe={"default": Recipe(learning_rate=1e-3, weight_decay=1e-4, seg_loss_weight=0.5, cls_loss_weight=0.5)},
     footnote="(re-impl.) 2D per slice; classification head added (pooled E5 over slices and time points); "

@@ -128,7 +128,6 @@ DEEPCAD_PRESETS = {
     tasks=("classification",),
     group="paper-table",
     table_row="DeepCAD",
-    information="single_timepoint",
     data_view=DataView(timepoints=1, use_clinical=False),
     recipe={"default": classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4)},
     footnote="(re-impl.) not described by the comparison papers; built as DeepLung's 3D dual path network, "

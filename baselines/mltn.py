@@ -85,7 +85,6 @@ MLTN_PRESETS = {
     tasks=("segmentation", "classification"),
     group="paper-table",
     table_row="MLTN",
-    information="imaging_only",
     data_view=DataView(timepoints=2, use_clinical=False),
     recipe={"default": Recipe(learning_rate=1e-3, weight_decay=1e-5, seg_loss_weight=0.5, cls_loss_weight=0.5)},
     footnote="(re-impl.) design not published; standard 3D multi-task U-Net (MONAI blocks), "

@@ -122,7 +122,7 @@ for _name, _builder, _description in (
     ("monai-basicunet", build_basicunet, "MONAI BasicUNet (3D U-Net), each time point segmented on its own."),
 ):
     register_experiment(_name, description=_description, tasks=("segmentation",), group="reference",
-                        information="imaging_only", data_view=SEGMENTATION_VIEW,
+                        data_view=SEGMENTATION_VIEW,
                         recipe={"default": segmentation_only_recipe(learning_rate=1e-3)})(_builder)
 
 for _name, _builder, _description in (
@@ -130,5 +130,5 @@ for _name, _builder, _description in (
     ("monai-densenet3d", build_densenet3d, "MONAI 3D DenseNet classifying the latest scan."),
 ):
     register_experiment(_name, description=_description, tasks=("classification",), group="reference",
-                        information="single_timepoint", data_view=LATEST_SCAN_VIEW,
+                        data_view=LATEST_SCAN_VIEW,
                         recipe={"default": classification_only_recipe(learning_rate=1e-3)})(_builder)

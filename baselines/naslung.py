@@ -140,7 +140,6 @@ NASLUNG_PRESETS = {
     tasks=("classification",),
     group="paper-table",
     table_row="NASLung",
-    information="single_timepoint",
     data_view=DataView(timepoints=1, use_clinical=False),
     recipe={"default": classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4)},
     footnote="(re-impl.) one fixed ResCBAM configuration instead of the architecture search; "

@@ -23,6 +23,13 @@ absent, ``texture`` as an LIDC rating (1-2 non-solid, 3 part-solid, 4-5 solid);
 Which clinical columns are categorical: ``features.attrs["clinical_schema"]`` (a dict with
 "categorical" and "numeric" lists) when the frame carries it; otherwise the NLST categorical
 columns and yes/no columns listed in :data:`KNOWN_CATEGORICAL`, plus any non-numeric column.
+
+Which clinical columns a method sees: those whose source is one of its experiment's
+``data_view.clinical_sources`` (:func:`clinical_columns`). A column's source is the schema's
+``"sources"`` entry (``history`` when it has none); a frame without a schema uses
+:data:`KNOWN_SOURCES`. The logistic regressions see history and screening columns (no
+radiologist reads); Brock uses nodule type, emphysema, upper lobe and nodule count by
+definition, so it declares the ``read`` source as well.
 """
 
 from __future__ import annotations
@@ -40,13 +47,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mstnet.experiments.registry import DataView, ModelContext, register_experiment, resolve_settings
+from mstnet.data.cohort import DEFAULT_CLINICAL_SOURCE
+from mstnet.experiments.registry import DEFAULT_CLINICAL_SOURCES, DataView, ModelContext, register_experiment, resolve_settings
 
 IMAGING_COLUMN = re.compile(r"^(volume_mm3|diameter_mm|days)_t\d+$|^vdt_days$")
 """Columns measured on the scans; everything else in the frame is the clinical record."""
 
 KNOWN_CATEGORICAL = frozenset({"race", "cigsmok", "gender", "scr_res0", "scr_iso0", "family_history", "emphysema",
                                "upper_lobe", "nodule_type", "texture", "spiculated"})
+
+KNOWN_SOURCES: dict[str, str] = {"scr_res0": "screening", "scr_iso0": "screening", "emphysema": "read",
+                                 "upper_lobe": "read", "nodule_count": "read", "nodule_type": "read", "texture": "read",
+                                 "spiculated": "read", "spiculation": "read"}
+"""Sources of known column names, for a frame without ``attrs["clinical_schema"]``; any other column is ``history``."""
 
 BROCK_INTERCEPT = -6.8071
 BROCK_AGE = 0.0321
@@ -314,9 +327,21 @@ class GrowthRule:
             return sigmoid(self.steepness * (growth_rate_per_day(features, self.method) - r0) / r0)
 
 
-def clinical_columns(features: pd.DataFrame) -> list[str]:
-    """Every column that is not measured on the scans."""
-    return [c for c in features.columns if not IMAGING_COLUMN.match(str(c))]
+def column_source(features: pd.DataFrame, column: str) -> str:
+    """Where clinical ``column`` comes from: the ``"sources"`` of ``features.attrs["clinical_schema"]``
+    (``history`` for a column it does not list), or :data:`KNOWN_SOURCES` for a frame without a schema."""
+    schema = features.attrs.get("clinical_schema")
+    if isinstance(schema, dict):
+        return (schema.get("sources") or {}).get(column, DEFAULT_CLINICAL_SOURCE)
+    return KNOWN_SOURCES.get(column, DEFAULT_CLINICAL_SOURCE)
+
+
+def clinical_columns(features: pd.DataFrame, sources: Iterable[str] | None = None) -> list[str]:
+    """Every column that is not measured on the scans and, when ``sources`` is given, whose source
+    (:func:`column_source`) is one of them."""
+    wanted = None if sources is None else set(sources)
+    return [c for c in features.columns
+            if not IMAGING_COLUMN.match(str(c)) and (wanted is None or column_source(features, c) in wanted)]
 
 
 def split_categorical(features: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -350,11 +375,15 @@ class ClinicalLogisticRegression:
         C: inverse regularisation strength (1.0).
         class_weight: passed to LogisticRegression (None).
         seed: random state.
+        sources: the clinical sources whose columns it sees (:func:`clinical_columns`); default
+            history and screening, no radiologist reads (the registered experiments pass their
+            ``data_view.clinical_sources``).
     """
 
     def __init__(self, include_growth: bool = False, C: float = 1.0, class_weight: str | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, sources: Sequence[str] = DEFAULT_CLINICAL_SOURCES) -> None:
         self.include_growth = include_growth
+        self.sources = tuple(sources)
         self.C = C
         self.class_weight = class_weight
         self.seed = seed
@@ -363,8 +392,8 @@ class ClinicalLogisticRegression:
         self.columns: tuple[list[str], list[str]] | None = None
 
     def design(self, features: pd.DataFrame) -> pd.DataFrame:
-        """The model's input frame: clinical columns, plus the growth columns when asked."""
-        frame = features[clinical_columns(features)].copy()
+        """The model's input frame: clinical columns of its sources, plus the growth columns when asked."""
+        frame = features[clinical_columns(features, self.sources)].copy()
         if self.include_growth:
             last = scan_count(features, self.method) - 1
             require_columns(features, [f"volume_mm3_t{last}", f"diameter_mm_t{last}"], self.method)
@@ -416,31 +445,45 @@ def _settings(method: str, context: ModelContext, **defaults: Any) -> dict[str, 
     return resolve_settings(method, defaults, context)
 
 
+LOGREG_CLINICAL_VIEW = DataView(timepoints=1, use_clinical=True)
+"""logreg-clinical: the clinical record (history and screening columns), no images, no reads."""
+
+BROCK_VIEW = DataView(timepoints=1, use_clinical=True, clinical_sources=("history", "screening", "read"))
+"""Brock: the latest scan's size, the clinical record and the reads its formula is made of."""
+
+LOGREG_GROWTH_VIEW = DataView(timepoints=2, use_clinical=True)
+"""logreg-growth: sizes on the last two scans and the clinical record (history and screening columns)."""
+
 register_experiment(
     "logreg-clinical",
-    description="Logistic regression on the clinical record only (one-hot categoricals, standardised numerics).",
-    tasks=("classification",), group="reference", kind="tabular", information="clinical_only",
-    data_view=DataView(timepoints=1, use_clinical=True),
-)(lambda context: ClinicalLogisticRegression(**_settings("logreg-clinical", context, C=1.0, seed=0)))
+    description="Logistic regression on the clinical record only (history and screening columns, no radiologist reads; "
+                "one-hot categoricals, standardised numerics).",
+    tasks=("classification",), group="reference", kind="tabular", information="clinical",
+    data_view=LOGREG_CLINICAL_VIEW,
+)(lambda context: ClinicalLogisticRegression(sources=LOGREG_CLINICAL_VIEW.clinical_sources,
+                                             **_settings("logreg-clinical", context, C=1.0, seed=0)))
 
 register_experiment(
     "brock",
     description="Brock (PanCan) model with published coefficients: clinical data + latest nodule size and type; no training.",
-    tasks=("classification",), group="reference", kind="tabular", information="single_timepoint",
-    data_view=DataView(timepoints=1, use_clinical=True),
-    footnote="Size = equivalent-sphere diameter of the reference mask, not the longest axial diameter.",
+    tasks=("classification",), group="reference", kind="tabular",
+    data_view=BROCK_VIEW,
+    footnote="Size = equivalent-sphere diameter of the reference mask, not the longest axial diameter. Sees the "
+             "radiologist's reads (nodule type, emphysema, upper lobe, nodule count; spiculation when present): "
+             "the Brock model is made of them.",
 )(lambda context: BrockModel(allow_missing=_settings("brock", context, brock_allow_missing=False)["brock_allow_missing"]))
 
 register_experiment(
     "growth-rule",
     description="Screening growth rule: VDT of the last two scans < 400 days; score sigmoid(2 (r - r0) / r0).",
-    tasks=("classification",), group="reference", kind="tabular", information="imaging_only",
+    tasks=("classification",), group="reference", kind="tabular",
     data_view=DataView(timepoints=2, use_clinical=False),
 )(lambda context: GrowthRule(**_settings("growth-rule", context, threshold_days=GROWTH_THRESHOLD_DAYS)))
 
 register_experiment(
     "logreg-growth",
-    description="Logistic regression on growth rate, latest size and the clinical record.",
-    tasks=("classification",), group="reference", kind="tabular", information="everything",
-    data_view=DataView(timepoints=2, use_clinical=True),
-)(lambda context: ClinicalLogisticRegression(include_growth=True, **_settings("logreg-growth", context, C=1.0, seed=0)))
+    description="Logistic regression on growth rate, latest size and the clinical record (history and screening columns).",
+    tasks=("classification",), group="reference", kind="tabular",
+    data_view=LOGREG_GROWTH_VIEW,
+)(lambda context: ClinicalLogisticRegression(include_growth=True, sources=LOGREG_GROWTH_VIEW.clinical_sources,
+                                             **_settings("logreg-growth", context, C=1.0, seed=0)))

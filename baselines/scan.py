@@ -91,7 +91,6 @@ SCAN_PRESETS = {
     tasks=("classification",),
     group="paper-table",
     table_row="SCAN",
-    information="single_timepoint",
     data_view=DataView(timepoints=1, use_clinical=False),
     recipe={"default": classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4)},
     footnote="(re-impl.) architecture not published; a 3D CNN with scSE spatial + channel attention.",

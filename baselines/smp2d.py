@@ -54,7 +54,6 @@ for _name, _architecture, _presets in (
         description=f"segmentation_models_pytorch {_architecture.__name__} (from scratch), slice by slice, stacked to 3D.",
         tasks=("segmentation",),
         group="reference",
-        information="imaging_only",
         data_view=DataView(timepoints=2, use_clinical=False),
         recipe={"default": segmentation_only_recipe(learning_rate=1e-3)},
     )(smp_builder(_architecture, _presets, _name))

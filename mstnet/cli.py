@@ -26,9 +26,51 @@ GROUP_HELP = {
 }
 
 
+DISTRIBUTION = "mstnet-bench"
+
+
+def version_text() -> str:
+    """``mstnet-bench X.Y.Z (torch A.B.C, git <commit>)``: the installed package, torch, and the
+    source checkout's commit when the package runs from one."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    try:
+        package = version(DISTRIBUTION)
+    except PackageNotFoundError:
+        package = "unknown (not installed)"
+    try:
+        import torch
+
+        parts = [f"torch {torch.__version__}"]
+    except ImportError:
+        parts = ["torch not installed"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        parts.append(f"git {commit}")
+    return f"{DISTRIBUTION} {package} ({', '.join(parts)})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_text() + "\n")
+        raise typer.Exit(0)
+
+
 def build_app() -> typer.Typer:
     """Assemble the CLI from every module in :mod:`mstnet.commands`."""
     app = typer.Typer(no_args_is_help=True, add_completion=False, help="MST-Net benchmark and ablation suite.")
+
+    @app.callback()
+    def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                              help="show the package, torch and git versions and exit")) -> None:
+        """MST-Net benchmark and ablation suite."""
+
     groups = {name: typer.Typer(no_args_is_help=True, help=text) for name, text in GROUP_HELP.items()}
     for name, group in groups.items():
         app.add_typer(group, name=name)

@@ -104,9 +104,12 @@ def test_registered_metadata_matches_the_table():
             full = get_experiment("mstnet").recipe_for(preset)
             stages = ("joint",) if row.name == "joint-training" else full.stages
             assert spec.recipe_for(preset) == dataclasses.replace(full, stages=stages), (row.name, preset)
-    assert ablation("image-only").information == "imaging_only"
-    assert ablation("clinical-only").information == "clinical_only"
-    assert ablation("single-timepoint").information == "single_timepoint"
+    assert ablation("image-only").information == "scans2"
+    assert ablation("clinical-only").information == "clinical"
+    assert ablation("single-timepoint").information == "scans1+clinical"
+    assert ablation("with-reads").information == "scans2+clinical+reads"
+    assert ablation("time-aware-fusion").information == "scans3+clinical"
+    assert get_experiment("mstnet").information == "scans2+clinical"
 
 
 def _count(module: torch.nn.Module) -> int:

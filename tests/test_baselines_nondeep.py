@@ -125,7 +125,7 @@ def test_growth_logistic_regression_uses_growth():
 
 
 def test_tabular_experiments_are_registered():
-    for name, information in (("logreg-clinical", "clinical_only"), ("brock", "single_timepoint"),
-                              ("growth-rule", "imaging_only"), ("logreg-growth", "everything")):
+    for name, information in (("logreg-clinical", "clinical"), ("brock", "scans1+clinical+reads"),
+                              ("growth-rule", "scans2"), ("logreg-growth", "scans2+clinical")):
         spec = get_experiment(name)
         assert spec.kind == "tabular" and spec.information == information and spec.tasks == ("classification",)

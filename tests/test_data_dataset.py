@@ -66,17 +66,21 @@ def test_window_normalisation_maps_the_hu_window_to_unit_range():
     np.testing.assert_allclose(out.ravel(), [0, 0, 0.5, 1, 1], atol=1e-6)
 
 
-def test_crop_centre_falls_back_to_mask_centroid_then_volume_centre():
+def test_crop_centre_without_a_location_is_the_volume_centre_never_the_mask():
+    # placement reads the nodule location only (as in real use); the mask centroid is not a fallback
     image = np.zeros((9, 9, 9), np.float32)
     image[1, 2, 3] = 1000.0
     mask = np.zeros((9, 9, 9), np.uint8)
     mask[1, 2, 3] = 1
     config = PreprocessConfig(crop_size=(3, 3, 3), hu_window=None, normalisation="zscore")
     transform = preprocessing_transform(config)
-    by_mask, cropped_mask, _ = preprocess_scan(transform, image, mask, (1, 1, 1), None)
-    assert cropped_mask[1, 1, 1] == 1 and cropped_mask.sum() == 1
-    by_centre, _, _ = preprocess_scan(transform, image, None, (1, 1, 1), None)
-    assert by_mask[1, 1, 1] == by_mask.max() and by_centre.max() == by_centre.min()
+    with_mask, cropped_mask, _ = preprocess_scan(transform, image, mask, (1, 1, 1), None)
+    assert cropped_mask.sum() == 0  # the volume centre (4, 4, 4): the marked voxel lies outside
+    without_mask, _, _ = preprocess_scan(transform, image, None, (1, 1, 1), None)
+    np.testing.assert_array_equal(with_mask, without_mask)
+    assert with_mask.max() == with_mask.min()
+    by_location, cropped_mask, _ = preprocess_scan(transform, image, mask, (1, 1, 1), NoduleLocation(3.0, 2.0, 1, 1))
+    assert cropped_mask[1, 1, 1] == 1 and by_location[1, 1, 1] == by_location.max()
 
 
 def test_resampling_matches_monai_spacing_and_moves_the_nodule_with_the_grid():
@@ -174,7 +178,8 @@ def test_dataset_item_holds_preprocessed_time_points_clinical_codes_and_label(ti
     assert item["clinical_categorical"].tolist() == [2, 2]  # gender "2" -> 2 of {"1","2"}; cigsmok "1" -> 2 of {"0","1"}
     ages = np.array([55.0, 58.0, 61.0, 64.0])
     assert item["clinical_numeric"].item() == pytest.approx((58.0 - ages.mean()) / ages.std(), rel=1e-5)
-    assert item["spacing"].tolist() == pytest.approx([2.0, 0.8, 0.8])
+    assert item["spacing"].shape == (2, 3)  # each time point its own spacing
+    assert item["spacing"].tolist() == [pytest.approx([2.0, 0.8, 0.8])] * 2
 
 
 def test_timepoints_select_latest_scans_or_named_ones_and_too_few_names_the_patients(tiny_cohort):
@@ -227,7 +232,7 @@ def test_disk_cache_is_shared_and_invalidated_by_file_change_or_config(tiny_coho
 
 def test_augmentation_runs_after_the_cache_and_keeps_time_points_aligned(tiny_cohort):
     dataset = PatientDataset(tiny_cohort, _encoder(tiny_cohort), PreprocessConfig(crop_size=(4, 8, 8)),
-                             augment=AugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=0.0), seed=0)
+                             augment=AugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=0.0, shift_voxels=(0, 0, 0)), seed=0)
     plain = PatientDataset(tiny_cohort, _encoder(tiny_cohort), PreprocessConfig(crop_size=(4, 8, 8)))
     differs = 0
     for epoch in range(4):
@@ -264,4 +269,4 @@ def test_collate_works_with_a_dataloader_and_keeps_ids_as_lists(tiny_cohort):
     assert batch["patient_id"] == ["P00", "P01", "P02"]
     assert batch["timepoints"] == [["T0", "T1"]] * 3
     assert batch["clinical_categorical"].dtype == torch.long and batch["clinical_categorical"].shape == (3, 2)
-    assert batch["has_mask"].shape == (3,) and batch["spacing"].shape == (3, 3)
+    assert batch["has_mask"].shape == (3,) and batch["spacing"].shape == (3, 2, 3)

@@ -140,9 +140,9 @@ def test_ddp_with_two_cpu_processes_writes_a_result(tmp_path, cohort_dir):
 
 def test_oracle_ceilings_are_written_flat_into_the_results_folder(tmp_path, cohort_dir):
     oracle = cohort_dir / "oracle.json"
-    oracle.write_text(json.dumps({"auc": {"everything": 0.9, "clinical_only": 0.6}, "patients": 20, "note": "synthetic"}))
+    oracle.write_text(json.dumps({"auc": {"everything": 0.9, "clinical": 0.6}, "patients": 20, "note": "synthetic"}))
     try:
         _prepare(tmp_path / "runs", cohort_dir)
     finally:
         oracle.unlink()
-    assert json.loads((tmp_path / "runs" / "oracle.json").read_text()) == {"everything": 0.9, "clinical_only": 0.6}
+    assert json.loads((tmp_path / "runs" / "oracle.json").read_text()) == {"everything": 0.9, "clinical": 0.6}

@@ -37,10 +37,10 @@ def test_binary_average_matches_sklearn(seed, threshold):
     result = classification_metrics(labels, probabilities, threshold=threshold)
     assert set(result) == KEYS
     assert result["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
-    assert result["precision"] == pytest.approx(precision_score(labels, predicted, zero_division=0))
+    assert result["precision"] == pytest.approx(precision_score(labels, predicted, zero_division=np.nan), nan_ok=True)
     assert result["recall"] == pytest.approx(recall_score(labels, predicted))
     assert result["specificity"] == pytest.approx(recall_score(labels, predicted, pos_label=0))
-    assert result["f1"] == pytest.approx(f1_score(labels, predicted, zero_division=0))
+    assert result["f1"] == pytest.approx(f1_score(labels, predicted, zero_division=np.nan), nan_ok=True)
     assert result["auc"] == pytest.approx(roc_auc_score(labels, probabilities))
     assert result["brier"] == pytest.approx(brier_score_loss(labels, probabilities))
 
@@ -51,9 +51,11 @@ def test_weighted_average_matches_sklearn(seed, threshold):
     labels, probabilities = predictions(seed)
     predicted = (probabilities >= threshold).astype(int)
     result = classification_metrics(labels, probabilities, threshold=threshold, average="weighted")
-    assert result["precision"] == pytest.approx(precision_score(labels, predicted, average="weighted", zero_division=0))
+    assert result["precision"] == pytest.approx(precision_score(labels, predicted, average="weighted",
+                                                                zero_division=np.nan), nan_ok=True)
     assert result["recall"] == pytest.approx(recall_score(labels, predicted, average="weighted"))
-    assert result["f1"] == pytest.approx(f1_score(labels, predicted, average="weighted", zero_division=0))
+    assert result["f1"] == pytest.approx(f1_score(labels, predicted, average="weighted", zero_division=np.nan),
+                                         nan_ok=True)
     assert result["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
     # weighted specificity: each class's specificity (recall of the other class) weighted by its support
     n_benign, n_malignant = np.sum(labels == 0), np.sum(labels == 1)
@@ -82,10 +84,42 @@ def test_probability_equal_to_threshold_is_malignant():
     assert result["recall"] == 1.0 and result["accuracy"] == 1.0
 
 
-def test_no_predicted_positive_gives_zero_precision_not_nan():
+def test_no_predicted_positive_gives_undefined_precision_and_zero_f1():
     result = classification_metrics([0, 1, 1], [0.1, 0.2, 0.3], threshold=0.9)
-    assert result["precision"] == 0.0 and result["f1"] == 0.0 and result["recall"] == 0.0
+    assert math.isnan(result["precision"])  # no positive prediction: undefined, not 0
+    assert result["f1"] == 0.0 and result["recall"] == 0.0  # malignant patients, none found: F1 = 2TP/(2TP+FP+FN) = 0
     assert result["specificity"] == 1.0
+    legacy = classification_metrics([0, 1, 1], [0.1, 0.2, 0.3], threshold=0.9, zero_division=0)
+    assert legacy["precision"] == 0.0 and legacy["f1"] == 0.0
+
+
+# every corner of the confusion matrix: no positive prediction, no malignant patient, no benign one, both
+UNDEFINED_CASES = [
+    ([0, 1, 1], [0.1, 0.2, 0.3]),
+    ([0, 0, 0], [0.1, 0.2, 0.3]),
+    ([0, 0, 0], [0.1, 0.7, 0.3]),
+    ([1, 1, 1], [0.1, 0.2, 0.3]),
+    ([1, 1, 1], [0.9, 0.2, 0.8]),
+    ([0, 1], [0.9, 0.8]),
+    ([0, 0, 1, 1], [0.9, 0.1, 0.2, 0.3]),
+]
+
+
+@pytest.mark.parametrize("average", ["binary", "weighted"])
+@pytest.mark.parametrize("case", range(len(UNDEFINED_CASES)))
+def test_undefined_ratios_match_sklearn_zero_division_nan(case, average):
+    labels, probabilities = (np.array(v) for v in UNDEFINED_CASES[case])
+    predicted = (probabilities >= 0.5).astype(int)
+    result = classification_metrics(labels, probabilities, average=average)
+    options = {"labels": [0, 1], "zero_division": np.nan, "average": average}
+    assert result["precision"] == pytest.approx(precision_score(labels, predicted, **options), nan_ok=True)
+    assert result["recall"] == pytest.approx(recall_score(labels, predicted, **options), nan_ok=True)
+    assert result["f1"] == pytest.approx(f1_score(labels, predicted, **options), nan_ok=True)
+    per_class = recall_score(labels, predicted, labels=[0, 1], average=None, zero_division=np.nan)
+    if average == "binary":
+        assert result["specificity"] == pytest.approx(per_class[0], nan_ok=True)
+    if average == "binary" and not predicted.any():
+        assert math.isnan(result["precision"])
 
 
 def test_single_class_gives_nan_auc_with_a_warning(caplog):

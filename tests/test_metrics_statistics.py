@@ -16,6 +16,8 @@ from mstnet.metrics import (
     delong_auc_variance,
     delong_test,
     mean_std,
+    per_patient_means,
+    wilcoxon_per_patient,
     wilcoxon_signed_rank,
 )
 
@@ -181,6 +183,27 @@ def test_wilcoxon_edge_cases(caplog):
     assert wilcoxon_signed_rank(a, b) == pytest.approx(stats.wilcoxon(np.delete(a, 4), np.delete(b, 4)).pvalue)
     with pytest.raises(ValueError, match="paired"):
         wilcoxon_signed_rank([0.1, 0.2], [0.1])
+
+
+def test_wilcoxon_per_patient_pairs_patients_not_scans():
+    # two scans (T0, T1) per patient; patient P3 has a NaN scan, left out of its mean
+    patients = ["P1", "P1", "P2", "P2", "P3", "P3", "P4", "P4", "P5", "P5", "P6", "P6"]
+    a = np.array([0.80, 0.84, 0.70, 0.66, 0.90, np.nan, 0.60, 0.64, 0.75, 0.79, 0.85, 0.81])
+    b = np.array([0.78, 0.76, 0.69, 0.61, 0.80, 0.70, 0.62, 0.57, 0.70, 0.72, 0.86, 0.72])
+    mean_a = [0.82, 0.68, 0.90, 0.62, 0.77, 0.83]
+    mean_b = [0.77, 0.65, 0.80, 0.595, 0.71, 0.79]
+    ids, means = per_patient_means(a, patients)
+    assert list(ids) == ["P1", "P2", "P3", "P4", "P5", "P6"] and means == pytest.approx(mean_a)
+    expected = stats.wilcoxon(mean_a, mean_b).pvalue
+    assert wilcoxon_per_patient(a, b, patients) == pytest.approx(expected, rel=1e-12)
+    # not the per-scan test, which counts each patient's scans as independent pairs
+    valid = ~np.isnan(a)
+    assert wilcoxon_per_patient(a, b, patients) != pytest.approx(stats.wilcoxon(a[valid], b[valid]).pvalue)
+    # scan order does not matter
+    order = np.random.default_rng(0).permutation(len(patients))
+    assert wilcoxon_per_patient(a[order], b[order], np.array(patients)[order]) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="one patient id per scan"):
+        wilcoxon_per_patient(a, b, patients[:-1])
 
 
 def test_mean_std_over_folds():

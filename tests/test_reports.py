@@ -76,35 +76,40 @@ def test_every_table_and_figure_file_is_written(report):
     assert (report / "figures" / "roc_curves.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def _tabular_rows(tex: str) -> tuple[str, list[str]]:
-    """(column spec, the lines between \\toprule and \\bottomrule that are not rules)."""
-    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
-    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
-    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
-    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
-    assert r"\midrule" in body
-    rows = [line for line in body.splitlines() if line.strip() and not line.strip().startswith(("\\toprule", "\\midrule"))]
-    return spec, rows
+def _latex_tables(tex: str) -> list[tuple[str, list[str]]]:
+    """(column spec, the lines between \\toprule and \\bottomrule that are not rules) of every ``table``;
+    cells stacked on several lines are one-column nested tabulars inside their row."""
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") >= 1
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}")
+    tables = []
+    for block in tex.split(r"\begin{table}")[1:]:
+        spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", block).group(1)
+        body = block[block.index(r"\toprule"):block.index(r"\bottomrule")]
+        assert r"\midrule" in body
+        assert block.index(r"\toprule") < block.index(r"\midrule") < block.index(r"\bottomrule") < block.index(r"\end{table}")
+        rows = [line for line in body.splitlines() if line.strip() and not line.strip().startswith(("\\toprule", "\\midrule"))]
+        tables.append((spec, rows))
+    return tables
 
 
 @pytest.mark.parametrize("stem", ["paper_table", "reference_table", "ablation_table"])
 def test_latex_tables_are_structurally_sound(report, stem):
     tex = (report / f"{stem}.tex").read_text()
-    spec, rows = _tabular_rows(tex)
-    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule") < tex.index(r"\end{tabular}")
-    for row in rows:
-        assert len(re.findall(r"(?<!\\)&", row)) == len(spec) - 1, row
-        assert row.rstrip().endswith(r"\\"), row
-        assert row.count("{") == row.count("}"), row
+    tables = _latex_tables(tex)
+    for spec, rows in tables:
+        for row in rows:
+            assert len(re.findall(r"(?<!\\)&", row)) == len(spec) - 1, row
+            assert row.rstrip().endswith(r"\\"), row
+            assert row.count("{") == row.count("}"), row
     if stem == "paper_table":
-        assert len(spec) == 1 + len(COLUMNS)
-        assert rows[0].startswith("Method &")
-        body = rows[1:]
-        methods = [row.split("&")[0] for row in body]
-        # one row per Table-1 experiment, then the oracle ceiling
-        assert len(body) == len(PAPER_ROWS) + 1
-        for experiment in PAPER_ROWS:
-            assert sum(m.startswith(experiment.table_row) for m in methods) == 1
+        # one table per task (segmentation, then classification) that together hold every column
+        assert len(tables) == 2 and sum(len(spec) - 1 for spec, _ in tables) == len(COLUMNS)
+        for (spec, rows), task in zip(tables, ("segmentation", "classification")):
+            assert rows[0].startswith("Method &")
+            methods = [row.split("&")[0] for row in rows[1:]]
+            for experiment in PAPER_ROWS:  # once in each table of a task it does
+                assert sum(m.startswith(experiment.table_row) for m in methods) == (task in experiment.tasks), experiment
+        body = tables[-1][1]
         assert "Oracle ceiling" in body[-1] and "93.00" in body[-1]
         assert r"\textbf{" in tex
 
@@ -153,7 +158,12 @@ def test_table_numbers_equal_fold_means_of_metrics_json(report, runs_dir):
     dice = fold_values(runs_dir, "unetr", "segmentation", "dice")
     assert f"{100 * dice.mean():.2f} ± {100 * dice.std(ddof=1):.2f}" in markdown
     hd95 = fold_values(runs_dir, "mstnet", "segmentation", "hd95")
-    assert f"**{hd95.mean():.2f} ± {hd95.std(ddof=1):.2f}**" in markdown  # best (lowest) HD95 in bold
+    scans = pd.concat(pd.read_csv(runs_dir / "mstnet" / f"fold{k}" / "segmentation.csv") for k in range(5))
+    row = measured.loc["mstnet"]
+    assert row["hd95_pooled"] == pytest.approx(scans["hd95"].mean())
+    # the pooled value is the primary number (bold: best, lowest HD95), its CI, then the fold mean ± std
+    assert (f"**{scans['hd95'].mean():.2f}** [{row['hd95_ci_low']:.1f}, {row['hd95_ci_high']:.1f}]; "
+            f"{hd95.mean():.2f} ± {hd95.std(ddof=1):.2f}") in markdown
 
 
 def test_segmentation_ci_resamples_patients(report, runs_dir):
@@ -170,7 +180,8 @@ def test_paired_p_values_and_stars(report, runs_dir):
     reference = pd.concat(pd.read_csv(runs_dir / "mstnet" / f"fold{k}" / "segmentation.csv") for k in range(5))
     other = pd.concat(pd.read_csv(runs_dir / "unetr" / f"fold{k}" / "segmentation.csv") for k in range(5))
     paired = reference.merge(other, on=["patient_id", "timepoint"], suffixes=("_ref", "_other"))
-    expected = stats.wilcoxon(paired["dice_ref"], paired["dice_other"]).pvalue
+    per_patient = paired.groupby("patient_id")[["dice_ref", "dice_other"]].mean()  # one pair per patient
+    expected = stats.wilcoxon(per_patient["dice_ref"], per_patient["dice_other"]).pvalue
     assert frame.at["unetr", "dice_p_wilcoxon"] == pytest.approx(expected, rel=1e-9)
     assert np.isnan(frame.at["mstnet", "dice_p_wilcoxon"]) and np.isnan(frame.at["mstnet", "auc_p_delong"])
     assert 0.0 <= frame.at["naslung", "auc_p_delong"] <= 1.0
@@ -236,9 +247,9 @@ def test_vectorised_bootstrap_with_one_threshold_per_patient_equals_sklearn():
         predicted = probabilities[drawn] >= thresholds[drawn]
         truth = labels[drawn]
         assert samples["accuracy"][r] == pytest.approx(accuracy_score(truth, predicted))
-        assert samples["precision"][r] == pytest.approx(precision_score(truth, predicted, zero_division=0))
-        assert samples["recall"][r] == pytest.approx(recall_score(truth, predicted, zero_division=0))
-        assert samples["f1"][r] == pytest.approx(f1_score(truth, predicted, zero_division=0))
+        assert samples["precision"][r] == pytest.approx(precision_score(truth, predicted, zero_division=np.nan), nan_ok=True)
+        assert samples["recall"][r] == pytest.approx(recall_score(truth, predicted, zero_division=np.nan), nan_ok=True)
+        assert samples["f1"][r] == pytest.approx(f1_score(truth, predicted, zero_division=np.nan), nan_ok=True)
 
 
 def test_validation_threshold_rule_reports_each_folds_own_threshold(runs_dir):
@@ -288,7 +299,7 @@ def test_ablation_differences_are_paired_and_carry_the_oracle(runs_dir):
     assert row["auc_ci_low"] <= row["auc_diff"] <= row["auc_ci_high"]
     accuracy = ((paired["probability_v"] >= 0.5) == paired["label"]).mean() - ((paired["probability_r"] >= 0.5) == paired["label"]).mean()
     assert row["accuracy_diff"] == pytest.approx(accuracy)
-    assert row["oracle_auc"] == ORACLE["single_timepoint"]
+    assert row["oracle_auc"] == ORACLE["scans1+clinical"]
     assert 0.0 <= row["dice_p"] <= 1.0 and row["n_scans"] == 80
 
 
@@ -350,3 +361,18 @@ def test_report_command_is_registered():
     result = CliRunner().invoke(build_app(), ["report", "--help"])
     assert result.exit_code == 0
     assert "--with-published" in result.output and "--reference" in result.output
+
+
+def test_every_classification_row_shows_the_ceiling_of_its_own_inputs(report):
+    frame = pd.read_csv(report / "paper_table.csv")
+    measured = frame[frame["source"] == "measured"].set_index("experiment")
+    markdown = (report / "paper_table.md").read_text()
+    for experiment in PAPER_ROWS:
+        row = measured.loc[experiment.name]
+        if "classification" in experiment.tasks:
+            assert row["information"] == experiment.information
+            assert row["ceiling_auc"] == pytest.approx(ORACLE[experiment.information])
+            line = next(line for line in markdown.splitlines() if line.startswith(f"| {row['method']} "))
+            assert f"ceiling {100 * ORACLE[experiment.information]:.1f}" in line
+        else:
+            assert np.isnan(row["ceiling_auc"])

@@ -193,3 +193,73 @@ def test_tune_runs_trials_on_inner_validation_only_and_writes_best_params(tmp_pa
     assert (runs / "clinical-only" / "tuning" / "clinical-only-tiny-fold0" / "trial0" / "clinical-only" / "fold0"
             / "history.csv").exists()
     assert json.loads((tuning / "best_params.json").read_text()) == record
+
+
+def _shuffle_test_labels(cohort_dir: Path, test_ids: list[str], seed: int) -> None:
+    """Permute the labels of ``test_ids`` among themselves (manifest rows of every time point)."""
+    manifest = pd.read_csv(cohort_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    labels = {pid: manifest.loc[manifest.patient_id == pid, "label"].iloc[0] for pid in test_ids}
+    permuted = dict(zip(test_ids, pd.Series([labels[p] for p in test_ids]).sample(frac=1.0, random_state=seed)))
+    flipped = [pid for pid in test_ids if permuted[pid] != labels[pid]]
+    assert flipped, "the permutation must change some test labels"
+    manifest["label"] = [permuted.get(pid, label) for pid, label in zip(manifest.patient_id, manifest.label)]
+    manifest.to_csv(cohort_dir / "manifest.csv", index=False)
+
+
+def test_tuning_is_nested_shuffling_a_folds_test_labels_changes_nothing_chosen_for_it(tmp_path, monkeypatch):
+    """Fold k's trials see only fold k's training and inner-validation patients: with the same
+    folds, permuting the labels of fold k's test patients leaves every trial value and the
+    chosen hyperparameters of fold k unchanged."""
+    import shutil
+
+    import mstnet.experiments.reproduce as reproduce
+    from mstnet.experiments.splits import Splits
+
+    original = write_growth_cohort(tmp_path / "cohort", n_patients=20)
+    shuffled = Path(shutil.copytree(original, tmp_path / "shuffled"))
+
+    def tune_fold(cohort_dir: Path, runs: Path):
+        return tune("clinical-only", n_trials=3, storage=f"journal:{runs / 'journal.log'}", preset="tiny", fold=1,
+                    runs_dir=runs, data=cohort_dir, device="cpu", epochs=2, seed=0)
+
+    first = tune_fold(original, tmp_path / "runs-a")
+    splits = Splits.read(tmp_path / "runs-a" / "splits.json")
+    test_ids = list(splits.folds[1].test)
+    _shuffle_test_labels(shuffled, test_ids, seed=3)
+    # the same folds as the first run (stratification would otherwise redraw them for the new labels)
+    monkeypatch.setattr(reproduce, "make_splits", lambda *args, **kwargs: splits)
+    second = tune_fold(shuffled, tmp_path / "runs-b")
+    assert first.study_name == second.study_name == "clinical-only-tiny-fold1"
+    assert [t.value for t in first.trials] == [t.value for t in second.trials]
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    assert first.best_trial.params == second.best_trial.params
+
+
+def test_run_params_best_gives_each_fold_its_own_winner_and_names_untuned_folds(tmp_path, capsys):
+    import optuna as optuna_module
+
+    from mstnet.cli import main
+    from mstnet.experiments.tuning import OVERRIDES_ATTR, default_storage, default_study_name
+
+    cohort = write_growth_cohort(tmp_path / "cohort", n_patients=20)
+    runs = tmp_path / "runs"
+    storage = default_storage(runs, "clinical-only")
+    make_storage(storage)
+    for fold, rate in ((0, 0.002), (1, 0.004)):
+        study = optuna_module.create_study(study_name=default_study_name("clinical-only", "tiny", fold), storage=storage,
+                                           direction="maximize")
+        trial = study.ask()
+        trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
+        trial.set_user_attr(OVERRIDES_ATTR, {"learning_rate": rate})
+        study.tell(trial, 1.0)
+    with pytest.raises(SystemExit) as done:
+        main(["run", "clinical-only", "--data", str(cohort), "--preset", "tiny", "--folds", "0,1,2", "--epochs", "1",
+              "--out", str(runs), "--params", "best"])
+    assert done.value.code == 2 and "missing: fold 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["run", "clinical-only", "--data", str(cohort), "--preset", "tiny", "--folds", "0,1", "--epochs", "1",
+              "--out", str(runs), "--params", "best"])
+    assert done.value.code == 0
+    rates = [json.loads((runs / "clinical-only" / f"fold{k}" / "config.json").read_text())["recipe"]["learning_rate"]
+             for k in (0, 1)]
+    assert rates == [0.002, 0.004]

@@ -10,21 +10,48 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mstnet.commands.experiments import BINARIZE_HELP, OVERWRITE_HELP
+from mstnet.commands.experiments import (
+    BINARIZE_HELP,
+    CPUS_OPTION,
+    GPUS_OPTION,
+    LAUNCHER_CONFIG_OPTION,
+    LAUNCHER_OPTION,
+    MEM_OPTION,
+    PARTITION_OPTION,
+    SBATCH_OPTION,
+    TIME_OPTION,
+    JSON_HELP,
+    LOG_HELP,
+    MLFLOW_URI_HELP,
+    OVERWRITE_HELP,
+    PLAIN_HELP,
+)
 
 log = logging.getLogger(__name__)
 
 FULL_MODEL = "mstnet"
 
 
-def ablation_table() -> Table:
+ABLATION_COLUMNS = ["name", "changes", "information", "description"]
+
+
+def ablation_rows() -> list[dict[str, str]]:
     """Every registered ablation: name, what changes, the oracle subset and the description."""
     from mstnet.experiments.registry import list_experiments
 
-    table = Table("name", "changes", "information", "description", title="MST-Net ablations")
-    for spec in list_experiments(group="ablation"):
-        changes = spec.footnote.removeprefix("MST-Net with ").rstrip(".")
-        table.add_row(spec.name, changes, spec.information, spec.description)
+    return [{"name": spec.name, "changes": spec.footnote.removeprefix("MST-Net with ").rstrip("."),
+             "information": spec.information, "description": spec.description}
+            for spec in list_experiments(group="ablation")]
+
+
+def ablation_table() -> Table:
+    """:func:`ablation_rows` as a terminal table (names never cut)."""
+    table = Table(title="MST-Net ablations")
+    table.add_column(ABLATION_COLUMNS[0], no_wrap=True)
+    for column in ABLATION_COLUMNS[1:]:
+        table.add_column(column, overflow="fold")
+    for row in ablation_rows():
+        table.add_row(*(row[column] for column in ABLATION_COLUMNS))
     return table
 
 
@@ -61,26 +88,55 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         seed: int = typer.Option(0, help="seed of the folds"),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
+        plain: bool = typer.Option(False, "--plain", help=f"with --list: {PLAIN_HELP}: {', '.join(ABLATION_COLUMNS)}"),
+        as_json: bool = typer.Option(False, "--json", help=f"with --list: {JSON_HELP}"),
+        log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
+        mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
+        launcher: str = LAUNCHER_OPTION,
+        launcher_config: Path | None = LAUNCHER_CONFIG_OPTION,
+        partition: str | None = PARTITION_OPTION,
+        gpus_per_task: int | None = GPUS_OPTION,
+        cpus_per_task: int | None = CPUS_OPTION,
+        mem_gb: float | None = MEM_OPTION,
+        time_limit: str | None = TIME_OPTION,
+        sbatch: list[str] = SBATCH_OPTION,
     ) -> None:
         """Train MST-Net and the named ablations on the same folds, then write the report."""
         console = Console()
         if list_only:
-            console.print(ablation_table())
+            from mstnet.commands.experiments import print_listing
+
+            rows = ablation_rows()
+            print_listing(ABLATION_COLUMNS, [[row[c] for c in ABLATION_COLUMNS] for row in rows], rows,
+                          plain=plain, as_json=as_json, title="MST-Net ablations")
             return
-        from mstnet.commands.experiments import build_options, init_distributed, parse_assignments, parse_folds
+        if plain or as_json:
+            raise typer.BadParameter("--plain and --json go with --list")
+        from mstnet.commands.experiments import build_options, init_distributed, parse_assignments, parse_folds, with_tracking
         from mstnet.experiments.registry import get_experiment
         from mstnet.experiments.reproduce import prepare_runs, run_group
 
+        from mstnet.experiments.launcher import TasksFailed, make_launcher
+
         specs = [get_experiment(FULL_MODEL), *select_ablations(names or [], run_all)]
-        init_distributed()
         out = out or Path("runs") / f"ablations-{preset}"
+        launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
+                               mem_gb, time_limit, sbatch)
+        init_distributed()
         clock = time.perf_counter()
-        options = build_options(preset, device, epochs, parse_assignments(set_), out)
+        # Under --launcher slurm each task resolves --device where it runs.
+        options = with_tracking(build_options(preset, device if launch is None else "cpu", epochs,
+                                              parse_assignments(set_), out), log_to, mlflow_uri)
         prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
         fold_list = parse_folds(folds)
         console.print(f"{len(specs)} experiments ({', '.join(s.name for s in specs)}) x "
                       f"{len(fold_list or range(prepared.splits.n_folds))} folds on {len(prepared.cohort)} patients -> {out}")
-        run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite)
+        try:
+            run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite, launcher=launch)
+        except TasksFailed as failed:
+            from mstnet.commands.experiments import report_failed_tasks
+
+            report_failed_tasks(failed, out, report_out)
         _report(out, report_out)
         console.print(f"wall time {time.perf_counter() - clock:.0f} s")
 

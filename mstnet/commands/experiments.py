@@ -54,7 +54,45 @@ def init_distributed() -> None:
 
 
 OVERWRITE_HELP = "replace results in --out made with another configuration (default: refuse them)"
+LOG_HELP = ("track every fold: 'tensorboard' (RUNS_DIR/<experiment>/fold<k>/tensorboard/) or 'mlflow' (a local "
+            "MLflow store); repeatable; needs the optional extra: pip install -e \".[tracking]\"")
+MLFLOW_URI_HELP = "MLflow tracking URI or folder for --log mlflow (default: MLflow's local default, sqlite:///mlflow.db)"
+PLAIN_HELP = "one row per line, tab-separated, full names, no header (the default when stdout is not a terminal)"
+JSON_HELP = "print the listing as JSON"
 BINARIZE_HELP = "accept non-binary masks: 'nonzero' (value != 0) or 'half' (value >= 0.5) is foreground (default: refuse them)"
+
+# --launcher and the SLURM settings (mstnet/experiments/launcher.py), shared by run, reproduce, ablate and tune.
+LAUNCHER_OPTION = typer.Option("local", "--launcher", help="local: this machine (--jobs processes); slurm: one SLURM "
+                               "job-array task per (experiment, fold) through submitit, waited for (docs/slurm.md)")
+LAUNCHER_CONFIG_OPTION = typer.Option(None, "--launcher-config", help="TOML or JSON file of SLURM settings: partition, "
+                                      "gpus_per_task, cpus_per_task, mem_gb, time, sbatch, setup, max_parallel, ...")
+PARTITION_OPTION = typer.Option(None, "--partition", help="SLURM partition of every task (--launcher slurm)")
+GPUS_OPTION = typer.Option(None, "--gpus-per-task", min=0, help="GPUs per SLURM task (--launcher slurm)")
+CPUS_OPTION = typer.Option(None, "--cpus-per-task", min=1, help="CPUs per SLURM task, also its torch threads (--launcher slurm)")
+MEM_OPTION = typer.Option(None, "--mem-gb", min=0.001, help="memory per SLURM task in GB (--launcher slurm)")
+TIME_OPTION = typer.Option(None, "--time", help="time limit per SLURM task: minutes or [D-]HH:MM:SS (default 24:00:00); "
+                           "a task that reaches it is requeued and resumes (--launcher slurm)")
+SBATCH_OPTION = typer.Option(None, "--sbatch", help="extra sbatch flag KEY=VALUE, e.g. --sbatch account=rad "
+                             "--sbatch qos=long (repeatable; --launcher slurm)")
+
+
+def report_failed_tasks(failed, runs_dir: Path | None = None, report_out: Path | None = None,
+                        with_published: bool = False) -> None:
+    """Print a failed array's tasks (id, log, last lines), write the report of what finished, say which
+    folds it lacks, and exit 1."""
+    from mstnet.reporting.results import ResultsError
+
+    errors = Console(stderr=True)
+    errors.print(failed.report(), markup=False, highlight=False, soft_wrap=True)
+    if runs_dir is not None:
+        try:
+            write_report(runs_dir, report_out, with_published=with_published)
+        except ResultsError as error:
+            errors.print(f"no report: {error}", markup=False, highlight=False)
+        if failed.missing:
+            errors.print(f"the report lacks {len(failed.missing)} fold(s): {', '.join(failed.missing)}",
+                         markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def build_options(preset: str, device: str, epochs: int | None, params: dict[str, Any], runs_dir: Path,
@@ -66,6 +104,41 @@ def build_options(preset: str, device: str, epochs: int | None, params: dict[str
     return RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device), params=params,
                       cache_dir=runs_dir / ".cache", callbacks=callbacks, evaluate_test=evaluate_test,
                       workers=workers)
+
+
+def with_tracking(options, kinds: list[str] | None, mlflow_uri: str | None):
+    """``options`` with the trackers of ``--log`` / ``--mlflow-uri`` (checked now: unknown kinds and
+    missing packages fail before anything is written); unchanged without ``--log``."""
+    if not kinds and not mlflow_uri:
+        return options
+    from dataclasses import replace
+
+    from mstnet.experiments.tracking import tracker_specs
+
+    return replace(options, trackers=tracker_specs(kinds, mlflow_uri))
+
+
+def print_listing(columns: list[str], rows: list[list[str]], records: list[dict], plain: bool = False,
+                  as_json: bool = False, title: str | None = None, terminal_rows: list[list[str]] | None = None) -> None:
+    """A listing for its reader: JSON (``records``) with ``as_json``; one tab-separated line per row
+    with full names when ``plain`` or stdout is not a terminal; otherwise a table on the terminal
+    (``terminal_rows``, default ``rows``), whose long words wrap instead of being cut."""
+    import sys
+
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        return
+    if plain or not sys.stdout.isatty():
+        for row in rows:
+            sys.stdout.write("\t".join(" ".join(str(cell).split()) for cell in row) + "\n")
+        return
+    table = Table(title=title)
+    table.add_column(columns[0], no_wrap=True)  # names are typed: never cut them
+    for column in columns[1:]:
+        table.add_column(column, overflow="fold")
+    for row in terminal_rows or rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def write_report(runs_dir: Path, out: Path | None, with_published: bool) -> Path | None:
@@ -86,14 +159,23 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def list_command(
         pattern: str = typer.Argument("*", help="fnmatch pattern on experiment names"),
         group: str | None = typer.Option(None, help="paper-table, reference, ablation or extra"),
+        plain: bool = typer.Option(False, "--plain", help=PLAIN_HELP + ": name, group, tasks, Table-1 row, description"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " (the registry entries)"),
     ) -> None:
         """List registered experiments, baselines and ablations with a one-line description each."""
+        from mstnet.errors import UsageError
         from mstnet.experiments.registry import list_experiments
 
-        table = Table("name", "group", "tasks", "Table-1 row", "description")
-        for spec in list_experiments(pattern, group=group):
-            table.add_row(spec.name, spec.group, "+".join(t[:3] for t in spec.tasks), spec.table_row or "", spec.description)
-        console.print(table)
+        specs = list_experiments(pattern, group=group)
+        if not specs and pattern != "*":
+            raise UsageError(f"no experiment matches {pattern!r}{f' in group {group!r}' if group else ''}; "
+                             "`mstnet list` shows all")
+        print_listing(["name", "group", "tasks", "Table-1 row", "description"],
+                      [[spec.name, spec.group, "+".join(spec.tasks), spec.table_row or "", spec.description]
+                       for spec in specs],
+                      [spec.metadata() for spec in specs], plain=plain, as_json=as_json,
+                      terminal_rows=[[spec.name, spec.group, "+".join(t[:3] for t in spec.tasks), spec.table_row or "",
+                                      spec.description] for spec in specs])
 
     @app.command("run")
     def run_command(
@@ -109,29 +191,60 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         seed: int = typer.Option(0, help="seed of the folds"),
         jobs: int = typer.Option(1, min=1, help="folds trained in parallel processes"),
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
-        params_from: str | None = typer.Option(None, "--params", help="'best': the best trial of an Optuna study (--study, --storage); --set still wins"),
-        study: str | None = typer.Option(None, help="study for --params best (default <name>-<preset>-fold0)"),
+        params_from: str | None = typer.Option(None, "--params", help="'best': each fold gets the best trial of its own "
+                                               "Optuna study (nested tuning, `mstnet tune`; --study, --storage); --set still wins"),
+        study: str | None = typer.Option(None, help="study prefix for --params best: studies <prefix>-fold<k> "
+                                                    "(default <name>-<preset>)"),
         storage: str | None = typer.Option(None, help="storage for --params best (default OUT/<name>/tuning/study.db)"),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
+        export_masks: bool = typer.Option(False, "--export-masks", help="also write each evaluated fold's test "
+                                          "predictions to OUT/<name>/fold<k>/masks/: NIfTI masks in each scan's geometry "
+                                          "and probabilities.csv (the layout of `mstnet predict`, read by `mstnet evaluate`)"),
+        log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
+        mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
+        launcher: str = LAUNCHER_OPTION,
+        launcher_config: Path | None = LAUNCHER_CONFIG_OPTION,
+        partition: str | None = PARTITION_OPTION,
+        gpus_per_task: int | None = GPUS_OPTION,
+        cpus_per_task: int | None = CPUS_OPTION,
+        mem_gb: float | None = MEM_OPTION,
+        time_limit: str | None = TIME_OPTION,
+        sbatch: list[str] = SBATCH_OPTION,
     ) -> None:
         """Train and evaluate one experiment on the cross-validation folds; finished folds are skipped."""
+        from mstnet.experiments.launcher import TasksFailed, make_launcher
         from mstnet.experiments.registry import get_experiment
         from mstnet.experiments.reproduce import prepare_runs, run_group
 
+        launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
+                               mem_gb, time_limit, sbatch)
         init_distributed()
         spec = get_experiment(name)
         params = parse_assignments(set_)
+        # Under --launcher slurm each task resolves --device where it runs (a login node may have no GPU).
+        options = with_tracking(build_options(synthetic or preset, device if launch is None else "cpu", epochs, params,
+                                              out, workers=workers), log_to, mlflow_uri)
+        if export_masks:
+            import dataclasses
+
+            options = dataclasses.replace(options, export_masks=True)
+        fold_list = parse_folds(folds)
         if params_from is not None:
             if params_from != "best":
                 raise typer.BadParameter(f"--params takes 'best'; got {params_from!r}")
-            from mstnet.experiments.tuning import default_storage, default_study_name, load_best_params
+            from dataclasses import replace
 
-            params = {**load_best_params(study or default_study_name(name, synthetic or preset),
-                                         storage or default_storage(out, name)), **params}
-        options = build_options(synthetic or preset, device, epochs, params, out, workers=workers)
+            from mstnet.experiments.tuning import best_params_per_fold, default_storage
+
+            options = replace(options, fold_params=best_params_per_fold(
+                name, synthetic or preset, fold_list if fold_list is not None else range(options.preset.n_folds),
+                storage or default_storage(out, name), study_prefix=study))
         prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
-        run_group(prepared, [spec], options, folds=parse_folds(folds), jobs=jobs, overwrite=overwrite)
+        try:
+            run_group(prepared, [spec], options, folds=fold_list, jobs=jobs, overwrite=overwrite, launcher=launch)
+        except TasksFailed as failed:
+            report_failed_tasks(failed)
         console.print(f"results in {out / spec.name.replace('/', '__')}")
 
     @app.command("reproduce")
@@ -150,23 +263,41 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
+        log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
+        mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
+        launcher: str = LAUNCHER_OPTION,
+        launcher_config: Path | None = LAUNCHER_CONFIG_OPTION,
+        partition: str | None = PARTITION_OPTION,
+        gpus_per_task: int | None = GPUS_OPTION,
+        cpus_per_task: int | None = CPUS_OPTION,
+        mem_gb: float | None = MEM_OPTION,
+        time_limit: str | None = TIME_OPTION,
+        sbatch: list[str] = SBATCH_OPTION,
     ) -> None:
         """Run every experiment of a table on the same folds, then write the tables and figures."""
+        from mstnet.experiments.launcher import TasksFailed, make_launcher
         from mstnet.experiments.registry import list_experiments
         from mstnet.experiments.reproduce import prepare_runs, run_group
 
         if target not in REPRODUCIBLE_GROUPS:
             raise typer.BadParameter(f"target must be one of {', '.join(sorted(REPRODUCIBLE_GROUPS))}; got {target!r}")
-        init_distributed()
         out = out or Path("runs") / f"{target}-{preset}"
+        launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
+                               mem_gb, time_limit, sbatch)
+        init_distributed()
         clock = time.perf_counter()
-        options = build_options(preset, device, epochs, {}, out, workers=workers)
+        options = with_tracking(build_options(preset, device if launch is None else "cpu", epochs, {}, out,
+                                              workers=workers), log_to, mlflow_uri)
         prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
         specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
         if target == "ablations":
             specs = list_experiments("mstnet") + specs
         console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "
                       f"on {len(prepared.cohort)} patients -> {out}")
-        run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs, overwrite=overwrite)
+        try:
+            run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs,
+                      overwrite=overwrite, launcher=launch)
+        except TasksFailed as failed:
+            report_failed_tasks(failed, out, report_out, with_published=with_published and target == "paper-table")
         write_report(out, report_out, with_published=with_published and target == "paper-table")
         console.print(f"wall time {time.perf_counter() - clock:.0f} s")

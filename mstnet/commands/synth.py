@@ -23,6 +23,25 @@ def parse_settings(items: list[str] | None) -> dict[str, str]:
     return settings
 
 
+def oracle_table(report: dict) -> Table:
+    """``oracle.json``'s AUCs as a grid: scans seen (rows) by clinical record and reads (columns), then ``everything``."""
+    from mstnet.information import MAX_SCANS, information_key
+
+    auc = report["auc"]
+    text = lambda key: "-" if auc.get(key) is None else f"{auc[key]:.3f}"  # noqa: E731
+    table = Table(title=f"Oracle AUC ({report['patients']} patients, {report['malignant']} malignant)")
+    table.add_column("scans seen")
+    variants = ((False, False, "alone"), (True, False, "+clinical"), (False, True, "+reads"), (True, True, "+clinical+reads"))
+    for _, _, name in variants:
+        table.add_column(name, justify="right")
+    for scans in range(MAX_SCANS + 1):
+        table.add_row(f"scans{scans}" if scans else "none", *(
+            "" if not (scans or clinical or reads) else text(information_key(scans, clinical, reads))
+            for clinical, reads, _ in variants))
+    table.add_row("everything", text("everything"), "", "", "")
+    return table
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     data = groups["data"]
 
@@ -50,9 +69,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         except (KeyError, ValueError) as error:
             raise typer.BadParameter(str(error)) from None
         folder = synthesize_cohort(config, out, workers=workers)
-        auc = json.loads((folder / "oracle.json").read_text())["auc"]
+        report = json.loads((folder / "oracle.json").read_text())
         console.print(f"cohort: {folder} ({config.n_patients} patients x {config.n_timepoints} time points)")
-        console.print("oracle AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in auc.items() if v is not None))
+        console.print(oracle_table(report))
 
     @data.command("preview")
     def preview(
@@ -70,22 +89,18 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         """Oracle AUC ceilings of a synthetic cohort (printed and written to FOLDER/oracle.json)."""
         import pandas as pd
 
-        from mstnet.synth.generator import SynthConfig, with_overrides
-        from mstnet.synth.oracle import oracle_report, write_oracle
+        from mstnet.synth.oracle import oracle_report, synth_config_from_json, write_oracle
+        from mstnet.synth.shape_bank import load_shape_bank
 
         truth_path, config_path = folder / "ground_truth.csv", folder / "cohort.json"
         if not truth_path.exists() or not config_path.exists():
             raise typer.BadParameter(f"{folder} is not a synthetic cohort: ground_truth.csv and cohort.json are needed")
-        stored = json.loads(config_path.read_text())["config"]
-        growth = {f"growth.{k}": v for k, v in stored["growth"].items()}
-        growth["growth.malignant_vdt_median_days"] = tuple(tuple(pair) for pair in stored["growth"]["malignant_vdt_median_days"])
-        config = with_overrides(SynthConfig(), {**growth, "include_spiculation": stored["include_spiculation"]})
-        report = oracle_report(pd.read_csv(truth_path), config.growth, config.include_spiculation)
+        stored = json.loads(config_path.read_text())
+        config = synth_config_from_json(stored["config"])
+        bank = load_shape_bank(config.bank_spacing_mm)
+        if stored.get("shape_bank") not in (None, bank.summary):
+            console.print("[yellow]warning: the cached shape bank differs from the one this cohort was drawn from[/yellow]")
+        report = oracle_report(pd.read_csv(truth_path), config, bank)
         path = write_oracle(folder, report)
-        table = Table(title=f"Oracle AUC ({report['patients']} patients, {report['malignant']} malignant)")
-        table.add_column("information")
-        table.add_column("AUC", justify="right")
-        for key, value in report["auc"].items():
-            table.add_row(key, "-" if value is None else f"{value:.3f}")
-        console.print(table)
+        console.print(oracle_table(report))
         console.print(f"written: {path}")

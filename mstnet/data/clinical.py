@@ -74,7 +74,8 @@ class ClinicalEncoder:
     """Categorical codes (0 = unknown) and standardised numerics, fitted on training patients.
 
     Args:
-        schema: which columns are categorical and which numeric.
+        schema: which columns are categorical and which numeric; only its columns are encoded
+            (the harness passes ``cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)``).
 
     Example:
         >>> encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort.subset(train_ids))
@@ -112,6 +113,11 @@ class ClinicalEncoder:
     def cardinalities(self) -> list[int]:
         """Codes per categorical column, the unknown code 0 included (K seen categories -> K + 1)."""
         return [len(values) + 1 for values in self._require_fitted().values()]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The clinical columns it encodes: the categorical ones, then the numeric ones (its schema's)."""
+        return self.schema.columns
 
     @property
     def num_categorical(self) -> int:

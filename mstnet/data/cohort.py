@@ -13,7 +13,9 @@ On disk (``../shared/design/protocol.md``, "Cohort format"):
 - ``clinical.csv``: one row per patient, ``patient_id`` plus clinical columns.
 - ``clinical_schema.json``: ``{"categorical": [...], "numeric": [...]}``, the type of each
   clinical column (the "small sidecar file" of the protocol), optionally with
-  ``"categories": {column: [allowed values, ...]}`` for categorical columns.
+  ``"categories": {column: [allowed values, ...]}`` for categorical columns and
+  ``"sources": {column: "history" | "screening" | "read"}``, where each column comes from
+  (:data:`CLINICAL_SOURCES`; a column not listed is ``history``).
 
 How mask files are binarised (:data:`mstnet.data.io.MASK_BINARIZATIONS`) is a property of a
 loaded :class:`Cohort` (``mask_binarization``, set by the loader's ``binarize_masks``), not of
@@ -127,25 +129,64 @@ class Patient:
         return tuple(scan.timepoint for scan in self.scans)
 
 
+CLINICAL_SOURCES: tuple[str, ...] = ("history", "screening", "read")
+"""Where a clinical column comes from: ``history`` (demographics and history: age, sex, smoking,
+family history), ``screening`` (the result of a screening round, e.g. NLST ``scr_res0``) or
+``read`` (a radiologist's read of the nodule or the CT: nodule type, spiculation, emphysema,
+upper lobe, nodule count). Experiments declare which sources they see
+(:attr:`mstnet.experiments.registry.DataView.clinical_sources`)."""
+
+DEFAULT_CLINICAL_SOURCE = "history"
+"""The source of a column the schema gives none for."""
+
+
 @dataclass(frozen=True)
 class ClinicalSchema:
-    """The type of every clinical column: categorical (codes) or numeric (floats).
+    """The type of every clinical column: categorical (codes) or numeric (floats), and its source.
 
     ``categories`` optionally lists, per categorical column, the values it may take (as
     strings); :func:`mstnet.data.validate.validate_cohort` reports values outside the list.
+    ``sources`` optionally gives, per column, where it comes from (one of
+    :data:`CLINICAL_SOURCES`); a column it does not list is :data:`DEFAULT_CLINICAL_SOURCE`
+    (``history``). :meth:`restricted_to` keeps the columns of some sources.
     """
 
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()
     categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    sources: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return self.categorical + self.numeric
 
+    def source_of(self, column: str) -> str:
+        """Where ``column`` comes from: its declared source, else ``history``."""
+        return self.sources.get(column, DEFAULT_CLINICAL_SOURCE)
+
+    def columns_from(self, sources: Iterable[str]) -> tuple[str, ...]:
+        """The columns (categorical first, schema order) whose source is one of ``sources``."""
+        return self.restricted_to(sources).columns
+
+    def restricted_to(self, sources: Iterable[str]) -> "ClinicalSchema":
+        """The schema of the columns whose source is one of ``sources`` (their categories and sources kept).
+
+        Raises:
+            ValueError: a source that is not one of :data:`CLINICAL_SOURCES`.
+        """
+        wanted = tuple(sources) if not isinstance(sources, str) else (sources,)
+        unknown = [s for s in wanted if s not in CLINICAL_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown clinical source(s) {unknown}; the sources are {', '.join(CLINICAL_SOURCES)}")
+        keep = {column for column in self.columns if self.source_of(column) in wanted}
+        return ClinicalSchema(tuple(c for c in self.categorical if c in keep), tuple(c for c in self.numeric if c in keep),
+                              {c: v for c, v in self.categories.items() if c in keep},
+                              {c: v for c, v in self.sources.items() if c in keep})
+
     def problems(self, file: str | Path | None = None) -> list[Problem]:
         """What is inconsistent in the schema itself: a column listed as both categorical and
-        numeric (or twice), categories given for a column that is not categorical. Located at ``file``."""
+        numeric (or twice), categories given for a column that is not categorical, a source given
+        for a column not in the schema or not one of :data:`CLINICAL_SOURCES`. Located at ``file``."""
         where = str(file) if file is not None else None
         found = []
         for column in dict.fromkeys(self.columns):
@@ -158,27 +199,41 @@ class ClinicalSchema:
             if column not in self.categorical:
                 found.append(Problem("the clinical schema gives categories for this column but it is not in its categorical list",
                                      column=column, file=where))
+        for column, source in self.sources.items():
+            if column not in self.columns:
+                found.append(Problem("the clinical schema gives a source for this column but it is neither in its "
+                                     "categorical nor in its numeric list", column=column, file=where))
+            elif source not in CLINICAL_SOURCES:
+                found.append(Problem(f"unknown source {source!r} in the clinical schema; a column's source is one of "
+                                     f"{', '.join(CLINICAL_SOURCES)}", column=column, file=where))
         return found
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {"categorical": list(self.categorical), "numeric": list(self.numeric)}
         if self.categories:
             data["categories"] = {column: list(values) for column, values in self.categories.items()}
+        if self.sources:
+            data["sources"] = dict(self.sources)
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ClinicalSchema":
-        unknown = set(data) - {"categorical", "numeric", "categories"}
+        unknown = set(data) - {"categorical", "numeric", "categories", "sources"}
         if unknown:
             raise CohortError(Problem(f"unknown keys {sorted(unknown)} in clinical schema; expected 'categorical', "
-                                      "'numeric' and optionally 'categories'"))
+                                      "'numeric' and optionally 'categories' and 'sources'"))
         categories = data.get("categories") or {}
         if not isinstance(categories, Mapping) or not all(
                 isinstance(values, (list, tuple)) for values in categories.values()):
             raise CohortError(Problem("'categories' of the clinical schema must map each categorical column to a list "
                                       "of allowed values"))
+        sources = data.get("sources") or {}
+        if not isinstance(sources, Mapping) or not all(isinstance(source, str) for source in sources.values()):
+            raise CohortError(Problem(f"'sources' of the clinical schema must map each column to one of "
+                                      f"{', '.join(map(repr, CLINICAL_SOURCES))}"))
         return cls(tuple(data.get("categorical", ())), tuple(data.get("numeric", ())),
-                   {str(column): tuple(str(v) for v in values) for column, values in categories.items()})
+                   {str(column): tuple(str(v) for v in values) for column, values in categories.items()},
+                   {str(column): source for column, source in sources.items()})
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,18 @@ An item (:class:`PatientDataset`), with T time points, C categorical and N numer
 - ``"days"``: float32 ``[T]``, days since the patient's first scan (T0).
 - ``"clinical_categorical"``: int64 ``[C]`` (0 = unknown); ``"clinical_numeric"``: float32
   ``[N]`` standardised; ``"clinical_numeric_missing"``: bool ``[N]``.
-- ``"label"``: int64 scalar; ``"spacing"``: float32 ``[3]`` (z, y, x) mm of the crop (latest scan);
+- ``"label"``: int64 scalar; ``"spacing"``: float32 ``[T, 3]`` (z, y, x) mm of each scan's crop
+  (each time point its own: screening rounds are often reconstructed differently);
+- ``"crop_start"``: int64 ``[T, 3]``, the crop's first voxel (z, y, x) in its scan's (resampled)
+  grid, and ``"field_shape"``: int64 ``[T, 3]``, that grid's (D, H, W): where the crop lies in
+  the scan, so a prediction can be pasted back into the whole field (:func:`~mstnet.data.transforms.paste_into_field`);
 - ``"patient_id"``: str; ``"timepoints"``: list of str.
+
+Crops are placed from each scan's nodule location (``scan.nodule``) only, never from its mask.
+With augmentation, the training crop's centre is shifted from the location at random
+(:attr:`~mstnet.data.transforms.AugmentConfig.shift_voxels`, a function of (epoch seed, item)):
+the cached box is then enlarged by the largest shift on each side and the ``crop_size`` crop
+taken inside it. Without augmentation the item is the plain ``crop_size`` crop.
 
 Preprocessed scans (the deterministic part) are cached, keyed by a hash of the image and mask
 paths, their modification times and sizes, the nodule location and the
@@ -27,7 +37,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +47,28 @@ from torch.utils.data import Dataset
 from mstnet.atomic import write_bytes_atomic
 from mstnet.data.clinical import ClinicalEncoder
 from mstnet.data.cohort import Cohort, CohortError, Patient, Problem, Scan
-from mstnet.data.io import read_mask, read_volume
-from mstnet.data.transforms import AugmentConfig, PreprocessConfig, augmentation_transform, preprocess_scan, preprocessing_transform
+from mstnet.data.io import read_mask, read_volume, read_volume_info
+from mstnet.data.transforms import (
+    AugmentConfig,
+    PreprocessConfig,
+    ResampleToSpacingd,
+    augmentation_transform,
+    jitter_offsets,
+    preprocess_scan,
+    preprocessing_transform,
+)
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bumped when the preprocessing code changes what it produces, so old cache entries are not reused.
 2: z-score statistics in numpy float64 (:class:`~mstnet.data.transforms.ZScoreNormalised`), no
-longer dependent on the thread count that computed them."""
+longer dependent on the thread count that computed them.
+3: crops placed from the nodule location only (no mask-centroid fallback); entries hold the
+crop box (first voxel and field shape); training entries are the margin-enlarged box."""
+
+Entry = tuple[np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray]
+"""A preprocessed scan: image, mask, spacing and the crop box (int64 ``[2, 3]``: first voxel, field shape)."""
 
 Timepoints = None | int | Sequence[str]
 
@@ -130,9 +153,17 @@ class PatientDataset(Dataset):
         self.preprocess = preprocess or PreprocessConfig()
         self.timepoints = timepoints
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.memory_cache: dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float]]] | None = {} if memory_cache else None
-        self.transform = preprocessing_transform(self.preprocess)
+        self.memory_cache: dict[str, Entry] | None = {} if memory_cache else None
         augment_config = AugmentConfig() if augment is True else (augment or None)
+        shift = augment_config.shift_voxels if augment_config else (0, 0, 0)
+        if self.preprocess.crop_mode == "slab":
+            shift = (shift[0], 0, 0)  # the slab spans the whole field in plane: only its depth moves
+        self.shift_voxels: tuple[int, int, int] = tuple(int(s) for s in shift)
+        """Largest shift (z, y, x) of the training crop from the location; the cached box is enlarged by it."""
+        self.cached_preprocess = replace(self.preprocess, crop_size=tuple(n + 2 * s for n, s in zip(self.preprocess.crop_size,
+                                                                                                     self.shift_voxels)))
+        """What is cached: ``preprocess`` with the crop enlarged by ``shift_voxels`` on each side."""
+        self.transform = preprocessing_transform(self.cached_preprocess)
         self.augmentation = augmentation_transform(augment_config, self.preprocess.crop_size, seed) if augment_config else None
         self.augmentation_seed = seed
         items, problems = [], []
@@ -158,7 +189,7 @@ class PatientDataset(Dataset):
         DataLoader worker, whatever the order items are read in."""
         self.augmentation_seed = seed
 
-    def _read_and_preprocess(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    def _read_and_preprocess(self, patient: Patient, scan: Scan) -> Entry:
         volume = read_volume(scan.image)
         mask = None
         if scan.mask is not None:
@@ -167,11 +198,12 @@ class PatientDataset(Dataset):
                 raise CohortError(Problem(f"mask shape {mask.shape} differs from image shape {volume.shape}",
                                           patient_id=patient.patient_id, timepoint=scan.timepoint, file=str(scan.mask)))
         self.reads += 1
-        return preprocess_scan(self.transform, volume.array, mask, volume.spacing, scan.nodule)
+        return preprocess_scan(self.transform, volume.array, mask, volume.spacing, scan.nodule, with_box=True)
 
-    def preprocessed(self, patient: Patient, scan: Scan) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-        """(image ``(D, H, W)`` float32, mask ``(D, H, W)`` uint8, spacing) of one scan, from a cache when possible."""
-        key = scan_cache_key(scan, self.preprocess, self.cohort.mask_binarization)
+    def preprocessed(self, patient: Patient, scan: Scan) -> Entry:
+        """(image ``(D, H, W)`` float32, mask ``(D, H, W)`` uint8, spacing, crop box ``[2, 3]``) of one
+        scan, from a cache when possible; the crop is ``cached_preprocess.crop_size``."""
+        key = scan_cache_key(scan, self.cached_preprocess, self.cohort.mask_binarization)
         if self.memory_cache is not None and key in self.memory_cache:
             return self.memory_cache[key]
         entry = None
@@ -179,20 +211,40 @@ class PatientDataset(Dataset):
         if path is not None and path.exists():
             try:
                 with np.load(path) as stored:
-                    entry = (stored["image"], stored["mask"], tuple(float(s) for s in stored["spacing"]))
+                    entry = (stored["image"], stored["mask"], tuple(float(s) for s in stored["spacing"]),
+                             np.asarray(stored["box"], dtype=np.int64))
             except (OSError, ValueError, KeyError, EOFError):
                 log.warning("damaged cache entry %s: recomputing", path)
         if entry is None:
             entry = self._read_and_preprocess(patient, scan)
             if path is not None:
-                _save_npz_atomic(path, image=entry[0], mask=entry[1], spacing=np.asarray(entry[2]))
+                _save_npz_atomic(path, image=entry[0], mask=entry[1], spacing=np.asarray(entry[2]), box=entry[3])
         if self.memory_cache is not None:
             self.memory_cache[key] = entry
         return entry
 
+    def reference_mask(self, scan: Scan) -> np.ndarray | None:
+        """The scan's whole reference mask (boolean) on the grid its crop box refers to: the scan's
+        own grid, or the resampled one with ``target_spacing`` (nearest neighbour, as the
+        preprocessing); read under the cohort's mask rule. ``None`` for a scan without a mask."""
+        if scan.mask is None:
+            return None
+        info = read_volume_info(scan.image)
+        mask = read_mask(scan.mask, image_shape=info.shape, binarize=self.cohort.mask_binarization).array
+        if self.preprocess.target_spacing is not None:
+            resample = ResampleToSpacingd(("mask",), self.preprocess.target_spacing, modes=("nearest",))
+            mask = np.asarray(resample({"mask": mask[None].astype(np.float32), "spacing": info.spacing})["mask"])[0]
+        return np.asarray(mask) > 0.5
+
     def __getitem__(self, index: int) -> dict:
         patient, scans = self.items[index]
-        images, masks, spacings = zip(*(self.preprocessed(patient, scan) for scan in scans))
+        images, masks, spacings, boxes = zip(*(self.preprocessed(patient, scan) for scan in scans))
+        offset = np.asarray(self.shift_voxels, dtype=np.int64)
+        if self.augmentation is not None and any(self.shift_voxels):
+            offset = offset + np.asarray(jitter_offsets(self.shift_voxels, self.augmentation_seed, index), dtype=np.int64)
+        if any(self.shift_voxels):
+            window = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, self.preprocess.crop_size))
+            images, masks = [a[window] for a in images], [a[window] for a in masks]
         image = torch.from_numpy(np.stack(images))
         mask = torch.from_numpy(np.stack(masks).astype(np.float32))
         if self.augmentation is not None:
@@ -211,7 +263,9 @@ class PatientDataset(Dataset):
             "clinical_numeric": torch.from_numpy(clinical.numeric),
             "clinical_numeric_missing": torch.from_numpy(clinical.numeric_missing),
             "label": torch.tensor(patient.label, dtype=torch.long),
-            "spacing": torch.tensor(spacings[-1], dtype=torch.float32),
+            "spacing": torch.tensor(np.asarray(spacings, dtype=np.float32)),
+            "crop_start": torch.from_numpy(np.stack([box[0] for box in boxes]) + offset),
+            "field_shape": torch.from_numpy(np.stack([box[1] for box in boxes])),
             "patient_id": patient.patient_id,
             "timepoints": [scan.timepoint for scan in scans],
         }

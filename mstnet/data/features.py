@@ -7,6 +7,11 @@ the reference mask (``volume_mm3_t{i}``), its equivalent-sphere diameter
 between the last two scans (``vdt_days``; ``inf`` when the nodule did not grow). The masks
 are the cohort's reference segmentations (radiologist or generator ground truth), so these
 rows measure what a reader with perfect segmentation would get.
+
+``frame.attrs["clinical_schema"]`` holds the cohort's clinical schema as JSON
+(:meth:`mstnet.data.cohort.ClinicalSchema.to_json`: categorical and numeric columns, categories
+and ``sources``), so a method can tell categorical columns and each column's source (history,
+screening, read) apart.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mstnet.data.cohort import Cohort, CohortError, Problem
-from mstnet.data.io import read_mask
+from mstnet.data.io import read_mask, read_volume_info
 
 
 def equivalent_diameter_mm(volume_mm3: float) -> float:
@@ -52,8 +57,10 @@ def patient_features(cohort: Cohort, timepoints: int) -> pd.DataFrame:
                 problems.append(Problem("no mask: size features need the nodule's reference mask",
                                         patient_id=patient.patient_id, timepoint=scan.timepoint))
                 continue
-            mask = read_mask(scan.mask, binarize=cohort.mask_binarization)
-            volume = float(np.count_nonzero(mask.array)) * float(np.prod(mask.spacing))
+            # each scan's own voxel size, from its image's header (as the dataset reads it): rounds may differ
+            grid = read_volume_info(scan.image)
+            mask = read_mask(scan.mask, image_shape=grid.shape, binarize=cohort.mask_binarization)
+            volume = float(np.count_nonzero(mask.array)) * float(np.prod(grid.spacing))
             volumes.append(volume)
             days.append(scan.days)
             row[f"volume_mm3_t{i}"] = volume
@@ -64,4 +71,6 @@ def patient_features(cohort: Cohort, timepoints: int) -> pd.DataFrame:
         rows.append(row)
     if problems:
         raise CohortError(problems)
-    return pd.DataFrame(rows).set_index("patient_id")
+    frame = pd.DataFrame(rows).set_index("patient_id")
+    frame.attrs["clinical_schema"] = cohort.clinical_schema.to_json()
+    return frame

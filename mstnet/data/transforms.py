@@ -10,17 +10,27 @@ Deterministic part (:func:`preprocessing_transform`, cached by the dataset), on 
    formula over the whole volume, as the paper z-scores each 16 x 512 x 512 volume, with the
    statistics computed so that they do not depend on the thread count) or ``"window"`` (the HU
    window mapped to [0, 1]).
-4. :class:`NoduleCropd`: a ``crop_size`` box centred on the nodule (its location, else the
-   mask centroid, else the volume centre), padded where it leaves the volume (image with the
-   volume's minimum, i.e. air; mask with 0). ``crop_mode="slab"`` is the seed's input: the
-   depth window centred on the nodule's z1..z2 slab, in plane centred on the volume.
+4. :class:`NoduleCropd`: a ``crop_size`` box centred on the nodule location the cohort gives
+   (``scan.nodule``: the manifest's reader's mark), else the volume centre, padded where it
+   leaves the volume (image with the volume's minimum, i.e. air; mask with 0). Placement
+   never reads the mask: at test time a model sees only where a reader pointed, as in real
+   use. ``crop_mode="slab"`` is the seed's (and the paper's) input: the depth window centred
+   on the mark's z1..z2 slab, in plane centred on the volume (the whole field, unshifted,
+   when the crop's in-plane size equals the volume's). The box's first voxel in the volume
+   and the volume's shape are kept (``data["crop_start"]``, ``data["field_shape"]``), so a
+   prediction can be pasted back into the scan's field.
 
-Random part (:func:`augmentation_transform`), on all time points of a patient stacked as
-channels ``{"image": [T, D, H, W], "mask": [T, D, H, W]}``: MONAI ``RandFlipd`` (each axis),
-``RandRotate90d`` (in plane, only for square crops) and ``RandGaussianNoised``. Because the
-time points are channels of one array, every scan of a patient gets the same flips and
-rotation (one random draw); the noise is applied to all scans or none, with an independent
-noise field per scan, as independent acquisitions have.
+Random part, on all time points of a patient stacked as channels ``{"image": [T, D, H, W],
+"mask": [T, D, H, W]}``. First the training crop: its centre is shifted from the location by
+a uniform integer draw in ``[-s, s]`` voxels per axis (:attr:`AugmentConfig.shift_voxels`,
+:func:`jitter_offsets`, one draw per patient and epoch for all its time points); the dataset
+caches a box enlarged by ``s`` on each side and takes the ``crop_size`` crop inside it
+(validation and test datasets: the plain ``crop_size`` crop on the location, no shift). Then
+(:func:`augmentation_transform`) MONAI ``RandFlipd`` (each axis), ``RandRotate90d`` (in plane,
+only for square crops) and ``RandGaussianNoised``. Because the time points are channels of one
+array, every scan of a patient gets the same flips and rotation (one random draw); the noise
+is applied to all scans or none, with an independent noise field per scan, as independent
+acquisitions have.
 """
 
 from __future__ import annotations
@@ -60,8 +70,9 @@ class PreprocessConfig:
             dense soft tissue, cutting bone and outside-field values (-2048, -3024).
         normalisation: ``"zscore"`` (default, per volume, as the paper) or ``"window"``
             (``hu_window`` mapped to [0, 1]; needs a window).
-        crop_mode: ``"nodule"`` (default, centred on the nodule) or ``"slab"`` (the seed's
-            z1..z2 slab, in plane centred on the volume).
+        crop_mode: ``"nodule"`` (default, centred on the nodule location) or ``"slab"`` (the
+            location's z1..z2 slab, in plane centred on the volume: the whole field when the
+            crop's in-plane size equals the volume's, as the paper feeds 16 x 512 x 512).
     """
 
     crop_size: tuple[int, int, int] = (16, 64, 64)
@@ -98,12 +109,24 @@ class AugmentConfig:
         rotate90_prob: probability of an in-plane rotation by 90, 180 or 270 degrees (square crops only). Default 0.5.
         noise_prob: probability of additive Gaussian noise. Default 0.2.
         noise_std: its standard deviation in normalised intensity units. Default 0.05.
+        shift_voxels: ``(z, y, x)`` largest shift of the training crop's centre from the nodule
+            location, drawn uniformly among the integers ``-s .. s`` per axis, one draw per
+            patient and epoch (all its time points move together). Default ``(1, 4, 4)``: the
+            model does not learn that the nodule sits exactly at the crop centre. With
+            ``crop_mode="slab"`` only the depth shift applies (the slab spans the whole field
+            in plane).
     """
 
     flip_prob: float = 0.5
     rotate90_prob: float = 0.5
     noise_prob: float = 0.2
     noise_std: float = 0.05
+    shift_voxels: tuple[int, int, int] = (1, 4, 4)
+
+    def __post_init__(self) -> None:
+        if len(self.shift_voxels) != 3 or any(int(s) < 0 for s in self.shift_voxels):
+            raise ValueError(f"shift_voxels must be three non-negative voxel counts (z, y, x), got {self.shift_voxels}")
+        object.__setattr__(self, "shift_voxels", tuple(int(s) for s in self.shift_voxels))
 
 
 class ResampleToSpacingd(MapTransform):
@@ -163,17 +186,26 @@ class ZScoreNormalised(MapTransform):
         return out
 
 
-def crop_centre(shape: Sequence[int], nodule: NoduleLocation | None, mask: np.ndarray | None, mode: str = "nodule") -> tuple[float, float, float]:
-    """Centre ``(z, y, x)`` in voxels of the crop: see :class:`NoduleCropd`."""
+def crop_centre(shape: Sequence[int], nodule: NoduleLocation | None, mode: str = "nodule") -> tuple[float, float, float]:
+    """Centre ``(z, y, x)`` in voxels of the crop of a volume of ``shape`` ``(D, H, W)``.
+
+    ``mode="nodule"``: the nodule location (z = middle of z1..z2). ``mode="slab"``: depth on the
+    middle of z1..z2, in plane the volume centre. Without a location: the volume centre. Only
+    the location is read, never a mask, so the crop is placed as it would be in real use
+    (from a reader's mark or a detector), never from the answer.
+    """
     depth, height, width = shape
     if mode == "slab":
         z = (nodule.z1 + nodule.z2) / 2 if nodule is not None else (depth - 1) / 2
         return (z, (height - 1) / 2, (width - 1) / 2)
     if nodule is not None:
         return ((nodule.z1 + nodule.z2) / 2, float(nodule.y), float(nodule.x))
-    if mask is not None and mask.any():
-        return tuple(float(c) for c in np.argwhere(mask).mean(axis=0))
     return ((depth - 1) / 2, (height - 1) / 2, (width - 1) / 2)
+
+
+def crop_start(centre: Sequence[float], size: Sequence[int]) -> tuple[int, int, int]:
+    """First voxel ``(z, y, x)`` of the ``size`` box centred on ``centre`` (see :func:`crop_or_pad`); may be negative."""
+    return tuple(int(np.floor(c + 0.5)) - int(n) // 2 for c, n in zip(centre, size))
 
 
 def crop_or_pad(array: np.ndarray, centre: Sequence[float], size: Sequence[int], pad_value: float) -> np.ndarray:
@@ -182,7 +214,7 @@ def crop_or_pad(array: np.ndarray, centre: Sequence[float], size: Sequence[int],
     The box starts at ``round(centre) - size // 2`` on each axis (MONAI ``SpatialCrop``'s
     convention), so the centre voxel lands at index ``size // 2``.
     """
-    starts = [int(np.floor(c + 0.5)) - n // 2 for c, n in zip(centre, size)]
+    starts = crop_start(centre, size)
     out = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
     source, target = [slice(None)], [slice(None)]
     for start, n, extent in zip(starts, size, array.shape[1:]):
@@ -198,10 +230,11 @@ def crop_or_pad(array: np.ndarray, centre: Sequence[float], size: Sequence[int],
 class NoduleCropd(MapTransform):
     """Crop ``keys`` to ``crop_size`` around the nodule, padding where the box leaves the volume.
 
-    Centre (``mode="nodule"``): ``data["nodule"]`` (z = middle of z1..z2), else the centroid of
-    ``data["mask"]``, else the volume centre. ``mode="slab"``: depth centred on z1..z2, in
-    plane on the volume centre. The image is padded with its minimum (air after clipping), the
-    mask with 0. Stores the crop centre in ``data["crop_centre"]``.
+    Centre: :func:`crop_centre` of ``data["nodule"]`` (the location only; the mask is cropped,
+    never read for placement; no location: the volume centre). The image is padded with its
+    minimum (air after clipping), the mask with 0. Stores the crop centre in
+    ``data["crop_centre"]``, the box's first voxel in ``data["crop_start"]`` and the volume's
+    ``(D, H, W)`` in ``data["field_shape"]``.
     """
 
     def __init__(self, keys: KeysCollection, crop_size: Sequence[int], mode: str = "nodule", allow_missing_keys: bool = True):
@@ -211,14 +244,15 @@ class NoduleCropd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         out = dict(data)
-        image = np.asarray(out["image"])
-        mask = np.asarray(out["mask"])[0] > 0.5 if out.get("mask") is not None else None
-        centre = crop_centre(image.shape[1:], out.get("nodule"), mask, self.mode)
+        field_shape = tuple(int(n) for n in np.shape(out["image"])[1:])
+        centre = crop_centre(field_shape, out.get("nodule"), self.mode)
         for key in self.key_iterator(out):
             array = np.asarray(out[key])
             pad_value = float(array.min()) if key == "image" and array.size else 0.0
             out[key] = crop_or_pad(array, centre, self.crop_size, pad_value)
         out["crop_centre"] = centre
+        out["crop_start"] = crop_start(centre, self.crop_size)
+        out["field_shape"] = field_shape
         return out
 
 
@@ -252,16 +286,19 @@ def augmentation_transform(config: AugmentConfig, crop_size: Sequence[int], seed
 
 
 def preprocess_scan(transform: Compose, image: np.ndarray, mask: np.ndarray | None, spacing: Sequence[float],
-                    nodule: NoduleLocation | None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+                    nodule: NoduleLocation | None, with_box: bool = False) -> tuple:
     """Run the deterministic ``transform`` on one scan.
 
     Args:
         image: ``(D, H, W)`` HU.
-        mask: ``(D, H, W)`` 0/1 or ``None`` (then an all-zero mask is used, the crop centre
-            falling back to the nodule location or the volume centre).
+        mask: ``(D, H, W)`` 0/1 or ``None`` (then an all-zero mask is used; the crop is placed
+            from ``nodule`` alone either way).
+        with_box: also return the crop box.
 
     Returns:
-        (image ``(d, h, w)`` float32, mask ``(d, h, w)`` uint8, spacing ``(z, y, x)`` mm after resampling).
+        (image ``(d, h, w)`` float32, mask ``(d, h, w)`` uint8, spacing ``(z, y, x)`` mm after
+        resampling), with ``with_box`` followed by the box: int64 ``[2, 3]``, its first voxel
+        ``(z, y, x)`` in the (resampled) volume and that volume's shape ``(D, H, W)``.
     """
     data = {"image": np.asarray(image, dtype=np.float32)[None],
             "mask": (np.zeros(image.shape, np.float32) if mask is None else np.asarray(mask, dtype=np.float32))[None],
@@ -269,7 +306,39 @@ def preprocess_scan(transform: Compose, image: np.ndarray, mask: np.ndarray | No
     out = transform(data)
     image_out = np.asarray(_as_numpy(out["image"])[0], dtype=np.float32)
     mask_out = (np.asarray(_as_numpy(out["mask"])[0]) > 0.5).astype(np.uint8)
-    return image_out, mask_out, tuple(float(s) for s in out["spacing"])
+    spacing_out = tuple(float(s) for s in out["spacing"])
+    if with_box:
+        box = np.array([out["crop_start"], out["field_shape"]], dtype=np.int64)
+        return image_out, mask_out, spacing_out, box
+    return image_out, mask_out, spacing_out
+
+
+_JITTER_STREAM = 0x6A697474
+"""Tells the jitter's random stream apart from any other seeded by (seed, index)."""
+
+
+def jitter_offsets(shift_voxels: Sequence[int], seed: int, index: int) -> tuple[int, int, int]:
+    """The training crop's shift ``(z, y, x)`` for item ``index`` at augmentation ``seed``: uniform integers in ``[-s, s]``.
+
+    Its own stream (not the MONAI transforms' state), a function of (seed, index) only, so it is
+    the same in the main process and in any DataLoader worker, whatever the reading order.
+    """
+    rng = np.random.default_rng([int(seed) % 2**32, int(index), _JITTER_STREAM])
+    return tuple(int(rng.integers(-s, s + 1)) if s > 0 else 0 for s in shift_voxels)
+
+
+def paste_into_field(crop: np.ndarray, start: Sequence[int], field_shape: Sequence[int]) -> np.ndarray:
+    """A zero array of ``field_shape`` holding ``crop`` with its first voxel at ``start`` (parts outside the field dropped)."""
+    out = np.zeros(tuple(int(n) for n in field_shape), dtype=crop.dtype)
+    source, target = [], []
+    for begin, n, extent in zip(start, crop.shape, out.shape):
+        lo, hi = max(int(begin), 0), min(int(begin) + n, extent)
+        if hi <= lo:
+            return out
+        target.append(slice(lo, hi))
+        source.append(slice(lo - int(begin), hi - int(begin)))
+    out[tuple(target)] = crop[tuple(source)]
+    return out
 
 
 def _as_numpy(value) -> np.ndarray:

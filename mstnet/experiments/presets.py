@@ -1,9 +1,10 @@
 """Run presets: which synthetic cohort, crop size and training length go with a size preset.
 
 ``tiny`` is for tests (seconds), ``cpu`` reproduces the paper table on a 2-core CPU in under
-half an hour (16 x 48 x 48 nodule-centred crops at 2.0 x 0.7 x 0.7 mm, i.e. 32 x 34 x 34 mm,
-six epochs per stage, two folds at a time), ``paper`` is the published 16 x 512 x 512
-setting for CUDA machines.
+half an hour (16 x 48 x 48 crops centred on the nodule's location, a reader's mark, at 2.0 x
+0.7 x 0.7 mm, i.e. 32 x 34 x 34 mm, six epochs per stage, two folds at a time), ``paper`` is the
+published setting for CUDA machines: the full 16 x 512 x 512 slab (``crop_mode="slab"``: the
+whole field in plane, the slices centred on the mark's z1..z2).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ class RunPreset:
 
     Attributes:
         name: preset name, also the model and synthetic-cohort preset.
-        crop_size: (D, H, W) of the nodule-centred crop fed to every model.
+        crop_size: (D, H, W) of the crop fed to every model.
+        crop_mode: ``"nodule"`` (default: centred on the nodule location) or ``"slab"`` (depth
+            centred on the location's z1..z2, in plane the whole field; see
+            :class:`mstnet.data.transforms.PreprocessConfig`).
         epochs: default epochs per training stage.
         batch_size: patients per batch.
         patience: early-stopping patience in epochs (on inner validation).
@@ -37,6 +41,7 @@ class RunPreset:
     n_folds: int = 5
     validation_fraction: float = 0.2
     jobs: int = 1
+    crop_mode: str = "nodule"
 
     def with_overrides(self, **overrides: Any) -> "RunPreset":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -45,7 +50,7 @@ class RunPreset:
 RUN_PRESETS: dict[str, RunPreset] = {
     "tiny": RunPreset("tiny", crop_size=(8, 32, 32), epochs=2, batch_size=4, patience=5),
     "cpu": RunPreset("cpu", crop_size=(16, 48, 48), epochs=6, batch_size=4, patience=4, jobs=2),
-    "paper": RunPreset("paper", crop_size=(16, 512, 512), epochs=100, batch_size=1, patience=20),
+    "paper": RunPreset("paper", crop_size=(16, 512, 512), epochs=100, batch_size=1, patience=20, crop_mode="slab"),
 }
 
 

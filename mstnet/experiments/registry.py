@@ -24,11 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mstnet.errors import UnknownNameError, UsageError, choices
+from mstnet.information import INFORMATION_KEYS, information_key
 
 GROUPS = ("paper-table", "reference", "ablation", "extra")
 TASKS = ("segmentation", "classification")
-INFORMATION_SUBSETS = ("everything", "clinical_only", "single_timepoint", "imaging_only")
-"""Keys of ``oracle.json``: the information an experiment's inputs carry."""
+INFORMATION_SUBSETS: tuple[str, ...] = (*INFORMATION_KEYS, "everything")
+"""Keys of ``oracle.json``: the information an experiment's inputs carry (:mod:`mstnet.information`:
+``scans2+clinical``, ``scans1``, ``clinical``, ``scans1+clinical+reads``, ...), plus ``everything``."""
+
+DEFAULT_CLINICAL_SOURCES: tuple[str, ...] = ("history", "screening")
+"""The clinical sources an experiment sees unless it declares others: the record without the
+radiologist's reads (:data:`mstnet.data.cohort.CLINICAL_SOURCES`)."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,38 @@ class DataView:
     Attributes:
         timepoints: the latest ``timepoints`` scans per patient (1 = latest scan only).
         use_clinical: feed the clinical record to the model.
+        clinical_sources: which clinical columns it sees, by their source in the cohort's
+            clinical schema (:attr:`mstnet.data.cohort.ClinicalSchema.sources`): ``history``
+            (demographics and history), ``screening`` (screening results) and ``read`` (the
+            radiologist's read of the nodule and the CT: nodule type, spiculation, emphysema,
+            upper lobe, nodule count). Default: history and screening, no reads. The harness
+            fits the clinical encoder on these columns only
+            (:meth:`mstnet.data.cohort.ClinicalSchema.restricted_to`); tabular references choose
+            their columns by the same rule.
     """
 
     timepoints: int = 2
     use_clinical: bool = True
+    clinical_sources: tuple[str, ...] = DEFAULT_CLINICAL_SOURCES
+
+    def __post_init__(self) -> None:
+        from mstnet.data.cohort import CLINICAL_SOURCES
+
+        object.__setattr__(self, "clinical_sources", tuple(self.clinical_sources))
+        unknown = [s for s in self.clinical_sources if s not in CLINICAL_SOURCES]
+        if unknown or len(set(self.clinical_sources)) != len(self.clinical_sources):
+            raise ValueError(f"clinical_sources {self.clinical_sources!r}: each must be one of {CLINICAL_SOURCES}, "
+                             "listed once")
+
+    @property
+    def sees_reads(self) -> bool:
+        """Whether it sees the radiologist's reads (clinical columns of source ``read``)."""
+        return self.use_clinical and "read" in self.clinical_sources
+
+    def information(self, images: bool = True) -> str:
+        """Its information key (:func:`mstnet.information.information_key`): the latest
+        ``timepoints`` scans when it sees ``images``, the clinical record, and the reads."""
+        return information_key(self.timepoints if images else 0, self.use_clinical, self.sees_reads)
 
 
 @dataclass(frozen=True)
@@ -54,6 +88,13 @@ class Recipe:
     stage freezes what the first trained). ``amp`` turns on autocast on CUDA (bf16 where
     supported); ``channels_last`` stores convolution weights channels-last, which speeds up
     3D convolutions on CPU and GPU without changing values.
+
+    Beyond the release (named fields, off by default so the ``paper`` preset reproduces it):
+    ``lr_schedule="warmup_cosine"`` steps the schedule per optimizer step, with a linear
+    warm-up over ``warmup_fraction`` of each stage's steps, then cosine decay;
+    ``output_bias_init`` sets the biases of the segmentation and classification output
+    layers so the untrained model predicts the training data's foreground and malignancy
+    priors (:mod:`mstnet.experiments.initialisation`).
     """
 
     epochs: int = 30
@@ -71,6 +112,9 @@ class Recipe:
     amp: bool = True
     channels_last: bool = True
     seed: int = 0
+    lr_schedule: str = "epoch_cosine"
+    warmup_fraction: float = 0.0
+    output_bias_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +158,10 @@ class ExperimentSpec:
         tasks: subset of ``("segmentation", "classification")``.
         group: "paper-table", "reference", "ablation" or "extra".
         table_row: the Table-1 row this experiment fills, if any.
-        information: the oracle subset matching its inputs (a key of ``oracle.json``).
+        information: the oracle subset matching its inputs (a key of ``oracle.json``, one of
+            :data:`INFORMATION_SUBSETS`); default (None): derived from ``data_view``
+            (:meth:`DataView.information`: its time points, clinical record and reads). Set it
+            where the data view does not tell, e.g. ``"clinical"`` for a model that sees no images.
         data_view: time points and modalities it sees.
         recipe: its default training recipe per preset name (``"default"`` applies to all).
         footnote: deviations from the source method, shown under the table.
@@ -128,7 +175,7 @@ class ExperimentSpec:
     tasks: tuple[str, ...]
     group: str = "extra"
     table_row: str | None = None
-    information: str = "everything"
+    information: str | None = None
     data_view: DataView = DataView()
     recipe: dict[str, Recipe] = field(default_factory=lambda: {"default": Recipe()})
     footnote: str = ""
@@ -141,6 +188,8 @@ class ExperimentSpec:
         unknown = set(self.tasks) - set(TASKS)
         if not self.tasks or unknown:
             raise ValueError(f"experiment {self.name!r}: tasks {self.tasks!r} must be a non-empty subset of {TASKS}")
+        if self.information is None:
+            object.__setattr__(self, "information", self.data_view.information())
         if self.information not in INFORMATION_SUBSETS:
             raise ValueError(f"experiment {self.name!r}: information {self.information!r} is not one of {INFORMATION_SUBSETS}")
 
@@ -158,9 +207,13 @@ class ExperimentSpec:
             "information": self.information,
             "footnote": self.footnote,
             "kind": self.kind,
-            "data_view": {"timepoints": self.data_view.timepoints, "use_clinical": self.data_view.use_clinical},
+            "data_view": {"timepoints": self.data_view.timepoints, "use_clinical": self.data_view.use_clinical,
+                          "clinical_sources": list(self.data_view.clinical_sources)},
         }
 
+
+LR_SCHEDULES = ("epoch_cosine", "warmup_cosine")
+"""``Recipe.lr_schedule`` values (see :func:`mstnet.experiments.training.stage_scheduler`)."""
 
 RECIPE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe))
 """Keys of ``--set`` that change the training recipe; every other key is a model setting."""
@@ -259,6 +312,10 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
     for epochs in values["stage_epochs"] or ():
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise UsageError(f"{owner}: stage_epochs must be positive integers, got {values['stage_epochs']!r}")
+    if values["lr_schedule"] not in LR_SCHEDULES:
+        raise UsageError(f"{owner}: lr_schedule {values['lr_schedule']!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if not 0 <= values["warmup_fraction"] < 1:
+        raise UsageError(f"{owner}: warmup_fraction must be in [0, 1), got {values['warmup_fraction']!r}")
     unknown_stages = [name for name in values["stages"] if name not in ("joint", "segmentation", "classification")]
     if unknown_stages or not values["stages"]:
         raise UsageError(f"{owner}: stages {values['stages']!r}: each must be joint, segmentation or classification")
@@ -292,9 +349,13 @@ def _load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
-    _plugins_loaded = True
     for package in _PLUGIN_PACKAGES:
-        importlib.import_module(package)
+        try:
+            importlib.import_module(package)
+        except Exception as error:
+            raise ImportError(f"the experiment registry could not load plugin {package!r}: "
+                              f"{type(error).__name__}: {error}") from error
+    _plugins_loaded = True
 
 
 def get_experiment(name: str) -> ExperimentSpec:

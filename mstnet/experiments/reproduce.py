@@ -165,10 +165,14 @@ def _run_one_fold(name: str, prepared: PreparedRuns, options: RunOptions, fold: 
 
 
 def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: RunOptions,
-              folds: Sequence[int] | None = None, jobs: int = 1, overwrite: bool = False) -> None:
+              folds: Sequence[int] | None = None, jobs: int = 1, overwrite: bool = False, launcher=None) -> None:
     """Run every experiment of ``specs`` on the prepared folds (finished folds are skipped).
 
     :func:`preflight` runs first; only then are the folder's files written.
+
+    With a ``launcher`` (:class:`mstnet.experiments.launcher.Launcher`, ``--launcher slurm``),
+    the unfinished (experiment, fold) pairs run as the tasks of one SLURM job array instead,
+    after the same checks, and this waits for them (``jobs`` does not apply).
 
     With ``jobs > 1``, (experiment, fold) pairs run in that many processes, sharing the
     machine's cores between them (each fold writes only its own folder, atomically).
@@ -177,6 +181,9 @@ def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: 
     folds = list(folds) if folds is not None else list(range(prepared.splits.n_folds))
     preflight(prepared, specs, options, folds, overwrite=overwrite)
     commit_runs(prepared)
+    if launcher is not None:
+        launcher.run_folds(prepared, specs, options, folds)
+        return
     if jobs <= 1:
         for index, spec in enumerate(specs, start=1):
             log.info("[%d/%d] %s", index, len(specs), spec.name)

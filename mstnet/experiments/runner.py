@@ -34,6 +34,7 @@ from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.transforms import PreprocessConfig
 from mstnet.errors import UsageError
 from mstnet.experiments.presets import RunPreset
+from mstnet.experiments.convergence import fold_plateau, short_of_plateau
 from mstnet.experiments.identity import (
     CONFIG_FILE,
     IDENTITY_KEY,
@@ -45,6 +46,7 @@ from mstnet.experiments.identity import (
 )
 from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe, checked_recipe, split_overrides
 from mstnet.experiments.splits import Fold, Splits
+from mstnet.experiments.tracking import FoldTracking, TrackerSpec, fold_tracking
 from mstnet.experiments.training import (
     DistributedModel,
     EpochCallback,
@@ -79,6 +81,14 @@ class RunOptions:
         evaluate_test: evaluate on the test fold (False while tuning: tuning never sees it).
         workers: DataLoader worker processes (0: load in the training process). Augmentation
             draws depend on (epoch seed, patient) only, so results do not depend on it.
+        fold_params: overrides for single folds (``{k: {...}}``), under ``params``: each
+            fold's own tuned winner (``mstnet run --params best``, nested tuning).
+        trackers: TensorBoard / MLflow logging of every fold (``--log``; :mod:`mstnet.experiments.tracking`);
+            not part of a fold's configuration identity.
+        export_masks: also write each evaluated fold's test predictions to ``fold<k>/masks/``
+            (``mstnet run --export-masks``: NIfTI masks in each scan's geometry and
+            ``probabilities.csv``, :class:`mstnet.experiments.prediction.PredictionWriter`);
+            not part of the identity.
     """
 
     preset: RunPreset
@@ -89,6 +99,15 @@ class RunOptions:
     progress: bool = True
     evaluate_test: bool = True
     workers: int = 0
+    fold_params: dict[int, dict[str, Any]] = field(default_factory=dict)
+    trackers: tuple[TrackerSpec, ...] = ()
+    export_masks: bool = False
+
+    def for_fold(self, fold_index: int) -> "RunOptions":
+        """These options for one fold: its ``fold_params`` merged under ``params`` (``--set`` wins)."""
+        if not self.fold_params:
+            return self
+        return replace(self, params={**self.fold_params.get(fold_index, {}), **self.params}, fold_params={})
 
 
 def experiment_dir(runs_dir: Path, name: str) -> Path:
@@ -157,8 +176,8 @@ class FoldData:
     """The three datasets of one fold, sharing a clinical encoder fitted on ``train`` only."""
 
     def __init__(self, cohort: Cohort, fold: Fold, spec: ExperimentSpec, options: RunOptions):
-        self.encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort.subset(fold.train))
-        preprocess = PreprocessConfig(crop_size=options.preset.crop_size)
+        self.encoder = ClinicalEncoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(cohort.subset(fold.train))
+        preprocess = PreprocessConfig(crop_size=options.preset.crop_size, crop_mode=options.preset.crop_mode)
         timepoints = spec.data_view.timepoints
 
         def dataset(ids: Sequence[str], augment: bool) -> PatientDataset:
@@ -244,6 +263,7 @@ def fold_configuration(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fol
     """
     if not 0 <= fold_index < splits.n_folds:
         raise UsageError(f"fold {fold_index} does not exist: the folds are 0-{splits.n_folds - 1}")
+    options = options.for_fold(fold_index)
     fold = splits.folds[fold_index]
     preset = {k: v for k, v in asdict(options.preset).items() if k not in PRESET_FIELDS_OUTSIDE_IDENTITY}
     if spec.kind == "tabular":
@@ -251,7 +271,8 @@ def fold_configuration(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fol
         model, recipe = spec.build(context), None
     else:
         recipe = resolve_recipe(spec, options)
-        context = model_context(spec, ClinicalEncoder(cohort.clinical_schema).fit(cohort.subset(fold.train)), options)
+        context = model_context(spec, ClinicalEncoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources))
+                                .fit(cohort.subset(fold.train)), options)
         model = _build_for_settings(spec, context)
     configuration = {
         "experiment": spec.metadata(), "fold": fold_index, "preset": preset,
@@ -281,8 +302,30 @@ def predict(model: torch.nn.Module, loader, device: torch.device, use_clinical: 
             yield batch, probability, foreground
 
 
-def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptions, recipe: Recipe, fold: int):
-    """Predictions and metrics on the inner validation split (threshold) and the test fold (numbers)."""
+def field_segmentation_metrics(pred_crop: np.ndarray, crop_start: Sequence[int], truth_field: np.ndarray,
+                               spacing: Sequence[float]) -> dict[str, float]:
+    """Segmentation metrics of one scan on its whole field, not on the crop the model saw.
+
+    ``pred_crop`` (boolean, the crop's shape) is pasted into a zero field of ``truth_field``'s
+    shape with its first voxel at ``crop_start`` (parts in the crop's padding outside the field
+    dropped), and compared with ``truth_field``, the scan's whole reference mask, at the scan's
+    own ``spacing`` (z, y, x) mm. A nodule partly or wholly outside the crop counts as missed
+    there; the one-empty distance is the field's diagonal.
+    """
+    from mstnet.data.transforms import paste_into_field
+
+    pred_field = paste_into_field(np.asarray(pred_crop, dtype=bool), crop_start, truth_field.shape)
+    return segmentation_metrics(pred_field, np.asarray(truth_field, dtype=bool), spacing=tuple(float(s) for s in spacing))
+
+
+def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptions, recipe: Recipe, fold: int,
+                  export_dir: Path | None = None):
+    """Predictions and metrics on the inner validation split (threshold) and the test fold (numbers).
+
+    Segmentation metrics are per scan on the scan's whole field (:func:`field_segmentation_metrics`:
+    the crop's prediction pasted back at the crop's position, the full reference mask read from
+    its file under the cohort's mask rule, each scan at its own spacing). With ``export_dir``, the
+    test predictions are also written there (:class:`mstnet.experiments.prediction.PredictionWriter`)."""
     use_clinical = spec.data_view.use_clinical
     batch_size = options.preset.batch_size
     threshold = 0.5
@@ -294,22 +337,37 @@ def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptio
             val_probs += probability.tolist()
         threshold = youden_threshold(val_labels, val_probs)
     patients, scans, gallery = [], [], []
+    scans_of = {patient.patient_id: patient_scans for patient, patient_scans in data.test.items}
+    exporter = None
+    if export_dir is not None:
+        from mstnet.experiments.prediction import PredictionWriter
+
+        exporter = PredictionWriter(export_dir, {"source": "mstnet run --export-masks", "experiment": spec.name,
+                                                 "fold": fold, "timepoints": spec.data_view.timepoints})
     for batch, probability, foreground in predict(model, _loader(data.test, batch_size, False, 0, options.device, options.workers),
                                                   options.device, use_clinical, recipe.amp):
         for i, patient_id in enumerate(batch["patient_id"]):
             label = int(batch["label"][i])
             if probability is not None:
                 patients.append({"patient_id": patient_id, "fold": fold, "label": label, "probability": float(probability[i])})
+            if exporter is not None:
+                exporter.add(patient_id, scans_of[patient_id], None if foreground is None else foreground[i].numpy(),
+                             batch["crop_start"][i], batch["field_shape"][i], None if probability is None else float(probability[i]))
             if foreground is None or not bool(batch["has_mask"][i]):
                 continue
-            spacing = tuple(float(s) for s in batch["spacing"][i])
             for t, timepoint in enumerate(batch["timepoints"][i]):
-                pred = foreground[i, t].numpy() > 0.5
-                truth = batch["mask"][i, t, 0].numpy() > 0.5
+                scan = scans_of[patient_id][t]
+                truth_field = data.test.reference_mask(scan)
+                if tuple(truth_field.shape) != tuple(int(n) for n in batch["field_shape"][i, t]):
+                    raise RuntimeError(f"{patient_id} {timepoint}: reference mask of shape {truth_field.shape}, "
+                                       f"crop box on a field of {tuple(batch['field_shape'][i, t].tolist())}")
                 scans.append({"patient_id": patient_id, "timepoint": timepoint, "fold": fold,
-                              **segmentation_metrics(pred, truth, spacing=spacing)})
+                              **field_segmentation_metrics(foreground[i, t].numpy() > 0.5, batch["crop_start"][i, t].tolist(),
+                                                           truth_field, batch["spacing"][i, t].tolist())})
             gallery.append((patient_id, batch["image"][i, :, 0].numpy(), batch["mask"][i, :, 0].numpy() > 0.5,
                             foreground[i].numpy() > 0.5))
+    if exporter is not None:
+        exporter.close()
     metrics: dict[str, Any] = {"segmentation": None, "classification": None, "convention": "monai",
                                "average": "binary", "threshold": 0.5}
     if scans:
@@ -325,26 +383,39 @@ def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptio
 
 
 def _write_gallery(path: Path, gallery, scans: list[dict]) -> None:
-    """Best, median and worst test cases by mean Dice: central nodule slice of each time point."""
+    """Best, median and worst test cases by mean Dice: central nodule slice of each time point,
+    with each case's time-point names (the scans the model saw, e.g. T1, T2) and per-scan Dice
+    (``timepoints`` and ``scan_dice``, [N, T], in the order of ``segmentation.csv``)."""
     if not gallery:
         return
-    dice_by_patient = pd.DataFrame(scans).groupby("patient_id")["dice"].mean()
+    frame = pd.DataFrame(scans)
+    dice_by_patient = frame.groupby("patient_id")["dice"].mean()
+    scans_of = {patient_id: rows for patient_id, rows in frame.groupby("patient_id", sort=False)}
     ordered = sorted(gallery, key=lambda case: dice_by_patient.get(case[0], 0.0))
     picks = sorted({0, len(ordered) // 2, len(ordered) - 1, 1 % len(ordered), max(len(ordered) - 2, 0)})[:GALLERY_CASES]
-    images, masks, preds, ids, dice = [], [], [], [], []
+    images, masks, preds, ids, dice, names, scan_dice = [], [], [], [], [], [], []
     for index in picks:
         patient_id, image, mask, pred = ordered[index]
         depth_profile = mask.sum(axis=(0, 2, 3))
         z = int(np.argmax(depth_profile)) if depth_profile.any() else image.shape[1] // 2
         images.append(image[:, z]), masks.append(mask[:, z]), preds.append(pred[:, z])
         ids.append(patient_id), dice.append(float(dice_by_patient.get(patient_id, math.nan)))
+        rows = scans_of.get(patient_id)
+        n_timepoints = image.shape[0]
+        if rows is not None and len(rows) == n_timepoints:
+            names.append([str(t) for t in rows["timepoint"]]), scan_dice.append(rows["dice"].astype(float).tolist())
+        else:
+            names.append([f"scan {t + 1}" for t in range(n_timepoints)]), scan_dice.append([math.nan] * n_timepoints)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     np.savez_compressed(tmp, image=np.stack(images).astype(np.float32), mask=np.stack(masks), pred=np.stack(preds),
-                        patient_id=np.array(ids), dice=np.array(dice), timepoints=np.array(gallery[0][1].shape[0]))
+                        patient_id=np.array(ids), dice=np.array(dice), timepoints=np.array(names, dtype=str),
+                        scan_dice=np.array(scan_dice, dtype=np.float64))
     tmp.replace(path)
 
 
 ATTEMPTS_FILE = "attempts.json"
+TIMING_FILE = "timing.csv"
+"""Per epoch: stage, epoch, optimizer step and cumulative wall seconds (the learning curve's time axis)."""
 TRAIN_LOG = "train.log"
 
 
@@ -400,17 +471,41 @@ def fold_log(fold_dir: Path) -> Iterator[None]:
         package_logger.setLevel(previous_level)
 
 
+def recipe_summary(recipe: Recipe) -> str:
+    """One line naming what a recipe does, for table footnotes: stages, rate, schedule, bias initialisation."""
+    stages = "+".join(recipe.stages)
+    schedule = (f"warm-up {recipe.warmup_fraction:.0%} then cosine per step" if recipe.lr_schedule == "warmup_cosine"
+                else "cosine per epoch")
+    epochs = "/".join(map(str, recipe.stage_epochs)) if recipe.stage_epochs else str(recipe.epochs)
+    return (f"{stages}, Adam lr {recipe.learning_rate:g}, {schedule}, {epochs} epochs x batch {recipe.batch_size}"
+            + (", output biases at the priors" if recipe.output_bias_init else ""))
+
+
 def _write_fold_record(fold_dir: Path, spec: ExperimentSpec, splits: Splits, fold_index: int, metrics: dict[str, Any],
                        patients: list[dict], attempts: FoldAttempts, threshold: float, device: torch.device,
-                       selected_epoch: dict[str, int] | None = None, resumed_from_epoch: int | None = None) -> None:
-    """predictions.csv, metrics.json, then run.json (last: its presence marks the fold complete)."""
+                       selected_epoch: dict[str, int] | None = None, resumed_from_epoch: int | None = None,
+                       history: pd.DataFrame | None = None, recipe: Recipe | None = None) -> None:
+    """predictions.csv, metrics.json, then run.json (last: its presence marks the fold complete).
+
+    With a training ``history``, run.json also holds the training budget (``optimizer_steps``,
+    ``training_seconds``) and the plateau verdict of every stage (:mod:`mstnet.experiments.convergence`).
+    """
     if patients:
         write_text_atomic(fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
     _write_json(fold_dir / "metrics.json", metrics)
+    training: dict[str, Any] = {}
+    if history is not None and len(history):
+        rows = history.to_dict("records")
+        verdicts = fold_plateau(rows)
+        training = {"optimizer_steps": int(rows[-1]["step"]),
+                    "plateau": verdicts, "plateau_reached": all(v["reached"] for v in verdicts.values()),
+                    "short_of_plateau": short_of_plateau(verdicts)}
+    if recipe is not None:
+        training["recipe_summary"] = recipe_summary(recipe)
     _write_json(fold_dir / "run.json", {
         "status": "complete", "experiment": spec.name, "fold": fold_index, "splits_hash": splits.hash,
         **attempts.finish(resumed_from_epoch), "selected_epoch": selected_epoch, "threshold": threshold,
-        "resumed_from_epoch": resumed_from_epoch, **_environment(device),
+        "resumed_from_epoch": resumed_from_epoch, **training, **_environment(device),
     })
 
 
@@ -418,18 +513,40 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
              options: RunOptions) -> dict[str, Any]:
     """Train and evaluate one fold of a torch experiment; returns its metrics."""
     configuration = fold_configuration(spec, cohort, splits, fold_index, options)
+    options = options.for_fold(fold_index)
     fold_dir = fold_dir_of(runs_dir, spec.name, fold_index)
     refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
     if main:
         _write_json(fold_dir / CONFIG_FILE, configuration)
-    with fold_log(fold_dir) if main else nullcontext():
-        return _train_and_evaluate(spec, cohort, splits, fold_index, fold_dir, options, FoldAttempts(fold_dir, write=main))
+    with fold_log(fold_dir) if main else nullcontext(), \
+            fold_tracking(options.trackers if main else (), spec.name, fold_index, fold_dir, configuration) as tracking:
+        return _train_and_evaluate(spec, cohort, splits, fold_index, fold_dir, options, FoldAttempts(fold_dir, write=main),
+                                   tracking)
+
+
+def _bias_initialiser(model: torch.nn.Module, data: FoldData, spec: ExperimentSpec, options: RunOptions):
+    """``Stage -> None``: set the output biases the stage trains at the training data's priors
+    (foreground fraction of the training crops; share of malignant training patients)."""
+    from mstnet.experiments.initialisation import initialise_output_biases, training_priors
+
+    data.train.set_augmentation_seed(0)
+    foreground_prior, class_prior = training_priors(data.train)
+    sample = collate_patients([data.train[i] for i in range(min(len(data.train), options.preset.batch_size))])
+    batch = move_batch(sample, options.device)
+
+    def initialise(stage) -> None:
+        segmentation = stage.seg_weight > 0 and "segmentation" in spec.tasks
+        classification = stage.cls_weight > 0 and "classification" in spec.tasks
+        initialise_output_biases(model, lambda: forward_batch(model, batch, spec.data_view.use_clinical),
+                                 foreground_prior if segmentation else None, class_prior if classification else None)
+
+    return initialise
 
 
 def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int, fold_dir: Path,
-                        options: RunOptions, attempts: FoldAttempts) -> dict[str, Any]:
+                        options: RunOptions, attempts: FoldAttempts, tracking: FoldTracking | None = None) -> dict[str, Any]:
     recipe = resolve_recipe(spec, options)
     seed_everything(recipe.seed + fold_index)
     data = FoldData(cohort, splits.folds[fold_index], spec, options)
@@ -455,22 +572,31 @@ def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fo
             loader.sampler.set_epoch(seed)
         return loader
 
+    on_stage_start = _bias_initialiser(model, data, spec, options) if recipe.output_bias_init else None
+    if tracking:
+        tracking.attach(model, data.validation, options.device, spec.data_view.use_clinical, recipe.amp)
     result = fit(trained, train_loader, _loader(data.validation, recipe.batch_size, False, 0, options.device, options.workers), recipe,
                  spec.tasks, fold_dir, options.device, use_clinical=spec.data_view.use_clinical,
-                 callbacks=(*options.callbacks, attempts.tick), progress=options.progress)
+                 callbacks=(*options.callbacks, attempts.tick, *(tracking.callbacks if tracking else ())),
+                 progress=options.progress, on_stage_start=on_stage_start)
     history = pd.DataFrame([vars(r) for r in result.history])
     if not is_main_process():
         return {}
     write_text_atomic(fold_dir / "history.csv", history.to_csv(index=False))
+    if len(result.seconds) == len(history):
+        timing = history[["stage", "epoch", "step"]].assign(seconds=result.seconds)
+        write_text_atomic(fold_dir / TIMING_FILE, timing.to_csv(index=False))
     if not options.evaluate_test:
         attempts.finish(result.resumed_from_epoch)
         return {"history": history}
-    metrics, patients, scans, gallery, threshold = evaluate_fold(model, data, spec, options, recipe, fold_index)
+    metrics, patients, scans, gallery, threshold = evaluate_fold(
+        model, data, spec, options, recipe, fold_index, export_dir=fold_dir / "masks" if options.export_masks else None)
     if scans:
         write_text_atomic(fold_dir / "segmentation.csv", pd.DataFrame(scans).to_csv(index=False))
         _write_gallery(fold_dir / "gallery.npz", gallery, scans)
     _write_fold_record(fold_dir, spec, splits, fold_index, metrics, patients, attempts, threshold, options.device,
-                       selected_epoch=result.selected_epochs, resumed_from_epoch=result.resumed_from_epoch)
+                       selected_epoch=result.selected_epochs, resumed_from_epoch=result.resumed_from_epoch,
+                       history=history, recipe=recipe)
     return metrics
 
 
@@ -547,6 +673,7 @@ def run_tabular_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_
     from mstnet.data.features import patient_features
 
     configuration = fold_configuration(spec, cohort, splits, fold_index, options)
+    options = options.for_fold(fold_index)
     fold_dir = fold_dir_of(runs_dir, spec.name, fold_index)
     refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -554,7 +681,7 @@ def run_tabular_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_
     features = patient_features(cohort, timepoints=spec.data_view.timepoints)
     configuration["features"] = list(features.columns)
     _write_json(fold_dir / CONFIG_FILE, configuration)
-    with fold_log(fold_dir):
+    with fold_log(fold_dir), fold_tracking(options.trackers, spec.name, fold_index, fold_dir, configuration):
         attempts = FoldAttempts(fold_dir)
         label_of = dict(zip(cohort.patient_ids, cohort.labels))
         estimator = spec.build(tabular_context(spec, options))

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -63,6 +64,31 @@ class EpochRecord:
     lr: float
     val_dice: float = math.nan
     val_auc: float = math.nan
+    step: int = 0
+    """Optimizer steps of the fold so far, over every stage (the training budget spent)."""
+
+
+def stage_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, epochs: int, steps_per_epoch: int):
+    """The learning-rate schedule of one stage, and whether it steps per optimizer step.
+
+    ``"epoch_cosine"`` (the release): cosine decay per epoch to ``final_lr_fraction`` x the
+    rate. ``"warmup_cosine"``: linear warm-up over the first ``warmup_fraction`` of the
+    stage's optimizer steps, then cosine decay per step to ``final_lr_fraction`` x the rate.
+    """
+    if recipe.lr_schedule == "epoch_cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(epochs, 1), eta_min=recipe.learning_rate * recipe.final_lr_fraction), False
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = min(int(round(recipe.warmup_fraction * total)), total - 1)
+    floor = recipe.final_lr_fraction
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
 @dataclass
@@ -72,6 +98,9 @@ class FitResult:
     history: list[EpochRecord]
     selected_epochs: dict[str, int]
     resumed_from_epoch: int | None = None
+    seconds: list[float] = field(default_factory=list)
+    """Cumulative wall seconds of training and inner validation at the end of each epoch of
+    ``history`` (kept apart from the history, which is deterministic)."""
 
 
 EpochCallback = Callable[[EpochRecord], None]
@@ -257,6 +286,15 @@ def evaluate_loss(
     return sum(losses) / max(sum(weights), 1), float(np.mean(dices)) if dices else math.nan, float(auc)
 
 
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler: Any | None) -> None:
+    """One optimizer step (through the AMP scaler), then the per-step schedule if there is one."""
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as temporary:
         torch.save(obj, temporary)
@@ -273,6 +311,7 @@ def fit(
     use_clinical: bool = True,
     callbacks: Sequence[EpochCallback] = (),
     progress: bool = True,
+    on_stage_start: Callable[[Stage], None] | None = None,
 ) -> FitResult:
     """Train ``model`` by ``recipe``; leave the best (inner-validation) weights loaded.
 
@@ -290,6 +329,9 @@ def fit(
         use_clinical: feed clinical inputs to the model.
         callbacks: called with each epoch's record (e.g. Optuna pruning).
         progress: show tqdm progress bars.
+        on_stage_start: called with each stage when it starts afresh (not on a resume), after
+            the previous stage's best weights are loaded and before its first step
+            (output-bias initialisation).
     """
     stages = stages_for(recipe, tasks)
     if run_dir is not None:
@@ -314,14 +356,15 @@ def fit(
             core.load_state_dict(state["best_weights_previous_stage"])
         parameters = _trainable_parameters(model, stage)
         optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(stage.epochs, 1), eta_min=recipe.learning_rate * recipe.final_lr_fraction
-        )
+        steps_per_epoch = math.ceil(len(make_train_loader(0)) / recipe.gradient_accumulation)
+        scheduler, per_step = stage_scheduler(optimizer, recipe, stage.epochs, steps_per_epoch)
         if not fresh_stage:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         else:
             state.update(epoch=0, best_score=-math.inf, best_weights=None, stale=0)
+            if on_stage_start is not None:
+                on_stage_start(stage)
         loss_fn = MultiTaskLoss(seg_weight=stage.seg_weight, cls_weight=stage.cls_weight)
         scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
         epochs = tqdm(range(state["epoch"], stage.epochs), desc=f"{stage.name}", leave=False,
@@ -337,6 +380,8 @@ def fit(
             train_loss, n_seen = 0.0, 0
             optimizer.zero_grad(set_to_none=True)
             step = -1
+            epoch_clock = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
             for step, batch in enumerate(make_train_loader(epoch_seed)):
                 batch = move_batch(batch, device)
                 with autocast_context(device, recipe.amp):
@@ -344,19 +389,20 @@ def fit(
                     loss, _ = loss_fn(output, batch["mask"], batch["label"], batch["has_mask"])
                 scaler.scale(loss / recipe.gradient_accumulation).backward()
                 if (step + 1) % recipe.gradient_accumulation == 0:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    _optimizer_step(optimizer, scaler, scheduler if per_step else None)
+                    state["steps"] = state.get("steps", 0) + 1
                 train_loss += float(loss.detach()) * len(batch["label"])
                 n_seen += len(batch["label"])
             if n_seen and (step + 1) % recipe.gradient_accumulation != 0:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+                _optimizer_step(optimizer, scaler, scheduler if per_step else None)
+                state["steps"] = state.get("steps", 0) + 1
+            if not per_step:
+                scheduler.step()
             val_loss, val_dice, val_auc = evaluate_loss(model, validation_loader, loss_fn, device, use_clinical, recipe.amp)
-            record = EpochRecord(stage.name, epoch, train_loss / max(n_seen, 1), val_loss, -val_loss, lr, val_dice, val_auc)
+            seconds = state.setdefault("seconds", [])
+            seconds.append((seconds[-1] if seconds else 0.0) + time.perf_counter() - epoch_clock)
+            record = EpochRecord(stage.name, epoch, train_loss / max(n_seen, 1), val_loss, -val_loss, lr, val_dice, val_auc,
+                                 step=state["steps"])
             history.append(record)
             log.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f, Dice %.3f, AUC %.3f, lr %.2e",
                      stage.name, epoch + 1, stage.epochs, record.train_loss, val_loss, val_dice, val_auc, lr)
@@ -382,4 +428,5 @@ def fit(
         if last_path is not None and is_main_process():
             state["weights"] = core.state_dict()
             _atomic_save(state, last_path)
-    return FitResult(history=history, selected_epochs=dict(state["selected"]), resumed_from_epoch=resumed_from)
+    return FitResult(history=history, selected_epochs=dict(state["selected"]), resumed_from_epoch=resumed_from,
+                     seconds=list(state.get("seconds", [])))

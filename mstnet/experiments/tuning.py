@@ -2,11 +2,17 @@
 
 The search space is declared once per experiment (``ExperimentSpec.search_space``:
 ``optuna.Trial -> dict`` of overrides); experiments without one get
-:func:`default_search_space` (learning rate and weight decay). A trial trains on the
-training portion of fold 0 (``objective="fold0"``) or of every fold (``"mean"``) and scores
-the best inner-validation ``val_score`` (the negative validation loss) of the last training
-stage; the test folds are never evaluated (``RunOptions(evaluate_test=False)``). Every epoch
-is reported to the trial, and a pruner (median or Hyperband) stops hopeless trials.
+:func:`default_search_space` (learning rate and weight decay).
+
+Tuning is nested: a study belongs to one outer fold k (``<experiment>-<preset>-fold<k>``).
+Its trials train on fold k's training portion and score the best inner-validation
+``val_score`` (the negative validation loss) of the last training stage on fold k's inner
+validation split, both drawn from fold k's non-test patients; no test patient of fold k
+enters a trial (``RunOptions(evaluate_test=False)``), and ``mstnet run --params best`` gives
+each fold the winner of its own study. (Averaging every fold's inner validation, or applying
+fold 0's winner to the other folds, would let a fold's test patients choose its settings:
+they are other folds' training and validation patients.) Every epoch is reported to the
+trial, and a pruner (median or Hyperband) stops hopeless trials.
 
 The study lives in an Optuna storage, so any number of processes or machines can work on
 one study at once (``load_if_exists``):
@@ -40,11 +46,11 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from mstnet.atomic import write_text_atomic
+from mstnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "hyperband")
-OBJECTIVES = ("fold0", "mean")
 JOURNAL_PREFIX = "journal:"
 BEST_PARAMS_FILE = "best_params.json"
 OVERRIDES_ATTR = "overrides"
@@ -77,8 +83,9 @@ def default_storage(runs_dir: Path, experiment: str) -> str:
     return f"sqlite:///{(tuning_dir(runs_dir, experiment) / 'study.db').resolve()}"
 
 
-def default_study_name(experiment: str, preset: str, objective: str = "fold0") -> str:
-    return f"{experiment}-{preset}-{objective}"
+def default_study_name(experiment: str, preset: str, fold: int = 0) -> str:
+    """The study of outer fold ``fold``: ``<experiment>-<preset>-fold<k>``."""
+    return f"{experiment}-{preset}-fold{fold}"
 
 
 def make_storage(storage: str | optuna.storages.BaseStorage) -> str | optuna.storages.BaseStorage:
@@ -191,7 +198,7 @@ def tune(
     study_name: str | None = None,
     timeout: float | None = None,
     pruner: str = "median",
-    objective: str = "fold0",
+    fold: int = 0,
     preset: str = "cpu",
     runs_dir: Path = Path("runs"),
     data: Path | None = None,
@@ -211,10 +218,11 @@ def tune(
         n_trials: trials this process runs (K workers with ``n_trials`` each run K x n_trials).
         storage: Optuna URL, ``journal:PATH`` or a storage object; default SQLite under
             ``RUNS_DIR/<name>/tuning/study.db``.
-        study_name: default ``<name>-<preset>-<objective>``.
+        study_name: default ``<name>-<preset>-fold<k>``.
         timeout: stop starting new trials after this many seconds.
         pruner: "median" (default) or "hyperband".
-        objective: "fold0" (fold 0's inner validation) or "mean" (mean over every fold's).
+        fold: the outer fold whose training portion the trials train on and whose inner
+            validation split scores them (its test patients are never used).
         preset: size preset ("tiny", "cpu", "paper").
         runs_dir: results folder; its ``splits.json`` fixes the folds (shared with ``mstnet run``).
         data: cohort folder (default: the embedded synthetic cohort of the preset).
@@ -236,8 +244,6 @@ def tune(
     from mstnet.experiments.runner import RunOptions, resolve_recipe, run_fold
     from mstnet.experiments.training import resolve_device, stages_for
 
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
     if n_trials < 1:
         raise ValueError(f"n_trials must be at least 1; got {n_trials}")
     spec = get_experiment(name)
@@ -245,14 +251,14 @@ def tune(
         raise ValueError(f"experiment {name!r} is {spec.kind}; tuning trains torch experiments only")
     space: Callable[[Any], dict[str, Any]] = spec.search_space or default_search_space
     runs_dir = Path(runs_dir)
-    study_name = study_name or default_study_name(name, preset, objective)
+    study_name = study_name or default_study_name(name, preset, fold)
     base = study_dir(runs_dir, name, study_name)
     run_options = RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device),
                              params=dict(params or {}), cache_dir=runs_dir / ".cache", progress=progress,
                              evaluate_test=False)
     prepared = prepare_runs(runs_dir, run_options.preset, data=data, seed=split_seed, write=False,
                             binarize_masks=binarize_masks)
-    folds: Sequence[int] = (0,) if objective == "fold0" else tuple(range(prepared.splits.n_folds))
+    folds: Sequence[int] = (fold,)
     preflight(replace(prepared, runs_dir=base / "preflight"), [spec], run_options, folds)
     commit_runs(prepared)
     base.mkdir(parents=True, exist_ok=True)
@@ -262,7 +268,7 @@ def tune(
 
     storage = storage if storage is not None else default_storage(runs_dir, name)
     study = open_study(study_name, storage, pruner, seed=seed, max_resource=steps_per_fold * len(folds))
-    _check_study_attributes(study, {"experiment": name, "preset": preset, "objective": objective,
+    _check_study_attributes(study, {"experiment": name, "preset": preset, "fold": fold,
                                     "splits_hash": prepared.splits.hash})
 
     def run_trial(trial: optuna.Trial) -> float:
@@ -284,8 +290,8 @@ def tune(
                     checkpoint.unlink()
         return sum(scores) / len(scores)
 
-    log.info("tuning %s: study %r in %s, %d trial(s) in this process, objective %s, pruner %s", name, study_name,
-             describe_storage(storage), n_trials, objective, pruner)
+    log.info("tuning %s on fold %d's training portion: study %r in %s, %d trial(s) in this process, pruner %s",
+             name, fold, study_name, describe_storage(storage), n_trials, pruner)
     study.optimize(run_trial, n_trials=n_trials, timeout=timeout, gc_after_trial=True)
     write_best_params(study, base / BEST_PARAMS_FILE, describe_storage(storage))
     return study
@@ -298,8 +304,8 @@ def _check_study_attributes(study: optuna.Study, attributes: dict[str, Any]) -> 
         if existing is None:
             study.set_user_attr(key, value)
         elif existing != value:
-            raise RuntimeError(f"study {study.study_name!r} was made with {key}={existing!r}, not {value!r}; "
-                               "use another --study name")
+            raise UsageError(f"study {study.study_name!r} was made with {key}={existing!r}, not {value!r}; "
+                             "use another --study name")
 
 
 def best_overrides(study: optuna.Study) -> dict[str, Any]:
@@ -325,7 +331,7 @@ def write_best_params(study: optuna.Study, path: Path, storage_text: str = "") -
     record = {
         "study": study.study_name,
         "storage": storage_text,
-        **{key: study.user_attrs.get(key) for key in ("experiment", "preset", "objective", "splits_hash")},
+        **{key: study.user_attrs.get(key) for key in ("experiment", "preset", "fold", "splits_hash")},
         "best_trial": study.best_trial.number,
         "best_value": study.best_value,
         "params": overrides,
@@ -353,3 +359,23 @@ def load_best_params(study_name: str, storage: str | optuna.storages.BaseStorage
         raise KeyError(f"no Optuna study named {study_name!r} in {describe_storage(storage)}") from None
     return best_overrides(study)
 
+
+
+def best_params_per_fold(experiment: str, preset: str, folds: Sequence[int],
+                         storage: str | optuna.storages.BaseStorage, study_prefix: str | None = None) -> dict[int, dict[str, Any]]:
+    """Each outer fold's own winner: the best overrides of study ``<prefix>-fold<k>`` for every k in ``folds``.
+
+    Raises:
+        UsageError: folds without a study, or whose study has no completed trial (all named).
+    """
+    found, missing = {}, []
+    for fold in folds:
+        name = f"{study_prefix}-fold{fold}" if study_prefix else default_study_name(experiment, preset, fold)
+        try:
+            found[fold] = load_best_params(name, storage)
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            missing.append(f"fold {fold} ({str(error).strip(chr(34))})")
+    if missing:
+        raise UsageError(f"--params best needs a tuned study for every fold run (nested tuning: `mstnet tune "
+                         f"{experiment} --folds ...`); missing: {'; '.join(missing)}")
+    return found

@@ -17,6 +17,8 @@ from mstnet.metrics.statistics import (
     delong_auc_variance,
     delong_test,
     mean_std,
+    per_patient_means,
+    wilcoxon_per_patient,
     wilcoxon_signed_rank,
 )
 
@@ -28,10 +30,12 @@ __all__ = [
     "delong_test",
     "directed_surface_distances",
     "mean_std",
+    "per_patient_means",
     "roc_auc",
     "segmentation_metrics",
     "segmentation_metrics_batch",
     "surface_voxels",
     "volume_diagonal",
+    "wilcoxon_per_patient",
     "wilcoxon_signed_rank",
 ]

@@ -3,11 +3,19 @@
 Thin, validated wrappers around scikit-learn (``shared/design/protocol.md``, "Metrics,
 exactly"): accuracy, precision, recall (sensitivity), specificity, F1, ROC AUC and the Brier
 score. A patient is predicted malignant when its probability is >= ``threshold``.
+
+Undefined ratios are NaN, not 0 (scikit-learn's ``zero_division=np.nan``): precision with no
+positive prediction, recall with no malignant patient, specificity with no benign patient.
+F1 = 2 TP / (2 TP + FP + FN) is undefined only when there is neither a malignant patient nor
+a positive prediction; with malignant patients but no positive prediction (precision
+undefined, recall 0) it is 0, the limit of the harmonic mean and what scikit-learn gives: the
+classifier found none of the malignant patients, which is a defined, bad result.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -47,6 +55,26 @@ def validate_binary_predictions(y_true: Any, y_prob: Any) -> tuple[np.ndarray, n
     return labels.astype(np.int64), probabilities
 
 
+def nan_weighted_average(values: Any, weights: Any, axis: int = -1) -> Any:
+    """Weighted average along ``axis`` leaving out NaN values, as scikit-learn averages per-class scores.
+
+    This is ``sklearn.utils.extmath._nanaverage`` (what ``average="weighted"`` with
+    ``zero_division=np.nan`` uses), broadcast over leading axes: NaN entries and their weights
+    are left out; when the remaining weights sum to 0 the remaining values are averaged
+    unweighted; NaN when no value is defined. Returns a float for 1-D input, else an array.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), values.shape)
+    defined = ~np.isnan(values)
+    kept, kept_weights = np.where(defined, values, 0.0), np.where(defined, weights, 0.0)
+    total, count = kept_weights.sum(axis=axis), defined.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weighted = (kept * kept_weights).sum(axis=axis) / total
+        plain = kept.sum(axis=axis) / count
+    result = np.where(total > 0, weighted, plain)
+    return float(result) if result.ndim == 0 else result
+
+
 def roc_auc(y_true: Any, y_prob: Any) -> float:
     """ROC AUC of malignancy probabilities; NaN (with a logged warning) when only one class is present."""
     labels, probabilities = validate_binary_predictions(y_true, y_prob)
@@ -58,7 +86,7 @@ def roc_auc(y_true: Any, y_prob: Any) -> float:
 
 
 def classification_metrics(
-    y_true: Any, y_prob: Any, threshold: float = 0.5, average: str = "binary"
+    y_true: Any, y_prob: Any, threshold: float = 0.5, average: str = "binary", zero_division: float = math.nan
 ) -> dict[str, float]:
     """Accuracy, precision, recall, specificity, F1, ROC AUC and Brier score for one set of patients.
 
@@ -71,13 +99,19 @@ def classification_metrics(
             specificity = recall of the benign class. ``"weighted"`` (what the release used):
             scikit-learn's support-weighted average over both classes for precision, recall
             and F1; specificity is the same weighting of each class's specificity (the recall
-            of the *other* class), i.e. ``(n0 * recall_1 + n1 * recall_0) / N``.
+            of the *other* class), i.e. ``(n0 * recall_1 + n1 * recall_0) / N`` (undefined
+            class values left out as in :func:`nan_weighted_average`).
+        zero_division: the value of an undefined ratio. Defaults to NaN (see the module
+            docstring); ``0`` gives the convention of results written before it, which
+            ``mstnet report`` uses only to recognise such files.
 
     Returns:
         ``{"accuracy", "precision", "recall", "specificity", "f1", "auc", "brier"}``. Undefined
-        ratios (no predicted or no actual positives) are 0 (``zero_division=0``); ``auc`` is NaN
-        with a logged warning when only one class is present. ``auc`` and ``brier`` do not
-        depend on ``threshold`` or ``average``.
+        ratios are ``zero_division`` (NaN): precision with no positive prediction, recall with
+        no malignant patient, specificity with no benign one, F1 with neither a malignant
+        patient nor a positive prediction (F1 is 0, not NaN, when there are malignant patients
+        but no positive prediction); ``auc`` is NaN with a logged warning when only one class
+        is present. ``auc`` and ``brier`` do not depend on ``threshold`` or ``average``.
 
     Example:
         >>> classification_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])["accuracy"]
@@ -88,20 +122,22 @@ def classification_metrics(
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold}")
     labels, probabilities = validate_binary_predictions(y_true, y_prob)
+    if not (math.isnan(zero_division) or zero_division in (0, 1)):
+        raise ValueError(f"zero_division: expected NaN, 0 or 1, got {zero_division}")
     predicted = (probabilities >= threshold).astype(np.int64)
-    options = {"labels": [0, 1], "zero_division": 0}
+    options = {"labels": [0, 1], "zero_division": np.nan if math.isnan(zero_division) else zero_division}
     recall_per_class = recall_score(labels, predicted, average=None, **options)
     if average == "binary":
-        precision = precision_score(labels, predicted, average="binary", pos_label=1, zero_division=0)
+        precision = precision_score(labels, predicted, average="binary", pos_label=1, **options)
         recall = recall_per_class[1]
-        f1 = f1_score(labels, predicted, average="binary", pos_label=1, zero_division=0)
+        f1 = f1_score(labels, predicted, average="binary", pos_label=1, **options)
         specificity = recall_per_class[0]
     else:
         precision = precision_score(labels, predicted, average="weighted", **options)
         recall = recall_score(labels, predicted, average="weighted", **options)
         f1 = f1_score(labels, predicted, average="weighted", **options)
         support = np.bincount(labels, minlength=2)
-        specificity = (support[0] * recall_per_class[1] + support[1] * recall_per_class[0]) / labels.size
+        specificity = nan_weighted_average([recall_per_class[1], recall_per_class[0]], [support[0], support[1]])
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
         "precision": float(precision),

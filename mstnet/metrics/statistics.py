@@ -9,7 +9,9 @@
   correlated ROC AUCs, with the O(N log N) midrank algorithm of Sun & Xu (2014),
   "Fast implementation of DeLong's algorithm for comparing the areas under correlated
   receiver operating characteristic curves", IEEE Signal Processing Letters 21(11).
-- :func:`wilcoxon_signed_rank`: paired Wilcoxon signed-rank test (scipy) of per-scan values.
+- :func:`wilcoxon_signed_rank`: paired Wilcoxon signed-rank test (scipy) of paired values.
+- :func:`per_patient_means` / :func:`wilcoxon_per_patient`: the same test on per-patient means
+  of per-scan values (a patient's scans are not independent pairs), as the tables use it.
 """
 
 from __future__ import annotations
@@ -254,8 +256,9 @@ def delong_test(y_true: Any, prob_a: Any, prob_b: Any) -> dict[str, float]:
 def wilcoxon_signed_rank(values_a: Any, values_b: Any) -> float:
     """Two-sided p-value of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon``).
 
-    ``values_a`` and ``values_b`` are (N,) paired per-scan values (e.g. Dice of MST-Net and of
-    a baseline on the same scans). Pairs with a NaN on either side are left out (logged).
+    ``values_a`` and ``values_b`` are (N,) paired values, one pair per independent unit (e.g.
+    per-patient mean Dice of MST-Net and of a baseline; for per-scan values use
+    :func:`wilcoxon_per_patient`). Pairs with a NaN on either side are left out (logged).
     Returns NaN when fewer than 2 pairs remain, and 1.0 when every difference is zero (scipy
     would fail there). Zero differences are otherwise dropped (scipy's ``zero_method="wilcox"``).
     """
@@ -272,3 +275,52 @@ def wilcoxon_signed_rank(values_a: Any, values_b: Any) -> float:
     if not np.any(differences):
         return 1.0
     return float(stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def per_patient_means(values: Any, patients: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the per-scan ``values`` of each patient: ``(patient ids, means)``, patients in first-seen order.
+
+    ``values`` (N,) numbers, ``patients`` (N,) the patient id of each scan. NaN values are left
+    out of their patient's mean; a patient with no finite value gets NaN.
+    """
+    array = _as_float_vector(values, "values")
+    group_of_row, first_rows = _group_index(np.asarray(patients), array.size)
+    finite = ~np.isnan(array)
+    sums = np.bincount(group_of_row[finite], weights=array[finite], minlength=first_rows.size)
+    counts = np.bincount(group_of_row[finite], minlength=first_rows.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    return np.asarray(patients)[first_rows], np.where(counts > 0, means, np.nan)
+
+
+def wilcoxon_per_patient(values_a: Any, values_b: Any, patients: Any) -> float:
+    """Wilcoxon signed-rank p-value of paired per-scan values, paired by patient.
+
+    Scans of one patient (its time points) are not independent, so they are not separate
+    pairs: scan pairs with a NaN on either side are left out, each patient's ``values_a`` and
+    ``values_b`` are averaged over its remaining scans, and :func:`wilcoxon_signed_rank` is
+    run on the per-patient means (one pair per patient).
+
+    Args:
+        values_a: (N,) per-scan values of method A (e.g. Dice of MST-Net).
+        values_b: (N,) the same scans' values of method B.
+        patients: (N,) patient id of each scan.
+
+    Returns:
+        The two-sided p-value (NaN with fewer than 2 patients, 1.0 when every patient's
+        difference is zero).
+    """
+    a, b = _as_float_vector(values_a, "values_a"), _as_float_vector(values_b, "values_b")
+    if a.shape != b.shape:
+        raise ValueError(f"values_a and values_b must be paired (same length), got {a.size} and {b.size}")
+    ids = np.asarray(patients)
+    if ids.shape != a.shape:
+        raise ValueError(f"patients: expected one patient id per scan ({a.size}), got shape {ids.shape}")
+    valid = ~(np.isnan(a) | np.isnan(b))
+    if not valid.all():
+        log.warning("wilcoxon_per_patient: leaving out %d scan pair(s) with NaN of %d", int((~valid).sum()), a.size)
+    if not valid.any():
+        return float("nan")
+    _, means_a = per_patient_means(a[valid], ids[valid])
+    _, means_b = per_patient_means(b[valid], ids[valid])
+    return wilcoxon_signed_rank(means_a, means_b)

@@ -15,12 +15,16 @@ mask          bool  [N,T,H,W] ground-truth nodule mask on the same slices
 pred          bool  [N,T,H,W] predicted mask on the same slices
 patient_id    str   [N]       the case's patient
 dice          float [N]       the case's Dice: mean over its scans in ``segmentation.csv``
-timepoints    str [T] or int  optional: time-point names, or their number T (names T0..T{T-1})
+timepoints    str [N,T]       optional: each case's time-point names (the scans the model saw, e.g.
+                              T1, T2 of three); also read: str [T] (every case alike) or an int T
+                              (old files: shown as "scan 1".."scan T", never as made-up names)
+scan_dice     float [N,T]     optional: each scan's Dice, as in ``segmentation.csv``
 ============  ==============  ===================================================================
 
 The gallery figure pools the cases of every fold of an experiment and shows the best, the
 median and the worst by ``dice``: one row per case, one column per time point, the image in
-grey with the ground-truth contour (green) and the predicted contour (magenta).
+grey with the ground-truth contour (green) and the predicted contour (magenta), each panel
+titled with its time point's name and that scan's Dice.
 """
 
 from __future__ import annotations
@@ -295,10 +299,17 @@ def read_gallery(path: Path) -> dict[str, np.ndarray]:
     for key in ("patient_id", "dice"):
         if gallery[key].shape != (image.shape[0],):
             raise ValueError(f"{path}: {key} must have one entry per case ({image.shape[0]}), got {gallery[key].shape}")
+    n_cases, n_timepoints = image.shape[:2]
     names = gallery.get("timepoints")
-    if names is None or names.ndim == 0 or names.shape != (image.shape[1],):
-        names = np.array([f"T{t}" for t in range(image.shape[1])])
-    gallery["timepoints"] = names.astype(str)
+    if names is not None and names.shape == (n_timepoints,):
+        names = np.broadcast_to(names, (n_cases, n_timepoints))
+    if names is None or names.shape != (n_cases, n_timepoints):
+        names = np.broadcast_to(np.array([f"scan {t + 1}" for t in range(n_timepoints)]), (n_cases, n_timepoints))
+    gallery["timepoints"] = np.asarray(names).astype(str)
+    scan_dice = gallery.get("scan_dice")
+    if scan_dice is None or scan_dice.shape != (n_cases, n_timepoints):
+        scan_dice = np.full((n_cases, n_timepoints), np.nan)
+    gallery["scan_dice"] = np.asarray(scan_dice, dtype=np.float64)
     return gallery
 
 
@@ -318,8 +329,8 @@ def gallery_figure(results: Results, experiment: str, out_dir: Path) -> list[Pat
     for path in paths:
         gallery = read_gallery(path)
         for i in range(gallery["image"].shape[0]):
-            cases.append({key: gallery[key][i] for key in ("image", "mask", "pred", "patient_id", "dice")}
-                         | {"timepoints": gallery["timepoints"]})
+            cases.append({key: gallery[key][i] for key in ("image", "mask", "pred", "patient_id", "dice",
+                                                            "timepoints", "scan_dice")})
     cases.sort(key=lambda case: float(case["dice"]))
     chosen = {"worst": 0, "median": len(cases) // 2, "best": len(cases) - 1}
     picks = [(label, cases[index]) for label, index in sorted(chosen.items(), key=lambda item: -item[1])]
@@ -338,9 +349,11 @@ def gallery_figure(results: Results, experiment: str, out_dir: Path) -> list[Pat
                                      levels=[0.5], colors=[colour], linewidths=1.5)
                 axes.set_xticks([]), axes.set_yticks([])
                 axes.grid(False)
-                axes.set_title(f"{case['timepoints'][t]}", fontsize=10)
+                scan_dice = float(case["scan_dice"][t])
+                axes.set_title(f"{case['timepoints'][t]}" + (f", Dice {scan_dice:.2f}" if np.isfinite(scan_dice) else ""),
+                               fontsize=10)
                 if t == 0:
-                    axes.set_ylabel(f"{label}\n{case['patient_id']}\nDice {float(case['dice']):.2f}", fontsize=10)
+                    axes.set_ylabel(f"{label}\n{case['patient_id']}\nmean Dice {float(case['dice']):.2f}", fontsize=10)
         handles = [Line2D([], [], color=TRUTH_COLOUR, label="ground truth"),
                    Line2D([], [], color=PREDICTION_COLOUR, label="prediction")]
         figure.legend(handles=handles, loc="outside lower center", ncols=2)

@@ -19,6 +19,15 @@ frame               columns (one row per ...)
 A fold counts when its ``metrics.json`` exists and its ``run.json`` (when present) says
 ``"status": "complete"``; other folds are left out with a logged warning. A file that breaks
 the contract raises :class:`ResultsError` naming the file and what is wrong.
+
+``metrics.json`` is not taken on trust: each fold's classification metrics are recomputed
+from its ``predictions.csv`` (at the fold's recorded threshold and averaging, with
+:func:`mstnet.metrics.classification_metrics`) and its segmentation metrics from the mean of
+``segmentation.csv``'s per-scan values; a value that disagrees beyond float tolerance
+(:data:`TOLERANCE`) raises :class:`ResultsError` naming the file, the metric and both values.
+The one disagreement accepted (with a logged warning, the recomputed value used) is a ratio
+written by the old convention of counting an undefined ratio as 0 (precision with no positive
+prediction, ...), which is now NaN.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any
 import pandas as pd
 
 from mstnet.errors import DataError
+from mstnet.metrics.classification import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,68 @@ BENCHMARK_PATTERNS: tuple[str, ...] = ("benchmark*.json", "benchmarks/**/*.json"
 
 class ResultsError(DataError):
     """A result file is missing, unreadable or breaks ``docs/results-format.md``."""
+
+
+TOLERANCE = {"rel_tol": 1e-9, "abs_tol": 1e-9}
+"""How far a ``metrics.json`` value may be from the value recomputed from the fold's CSV files."""
+RATIO_METRICS: tuple[str, ...] = ("precision", "recall", "specificity", "f1")
+"""Classification metrics that are undefined (NaN) on a zero denominator."""
+
+
+def _agree(recorded: float, recomputed: float) -> bool:
+    if math.isnan(recorded) or math.isnan(recomputed):
+        return math.isnan(recorded) and math.isnan(recomputed)
+    return math.isclose(recorded, recomputed, **TOLERANCE)
+
+
+def _shown(value: float) -> str:
+    return "undefined (null)" if math.isnan(value) else f"{value:.6g}"
+
+
+def verify_classification(row: dict[str, Any], metrics_path: Path, predictions: pd.DataFrame,
+                          block: str = "classification") -> None:
+    """Check a fold's classification metrics (``row``, read from ``metrics_path``) against its predictions.
+
+    Recomputes them from ``predictions`` (that fold's ``predictions.csv``) at ``row["threshold"]``
+    with ``row["average"]``. A value written with the old zero-for-undefined convention is
+    replaced by the recomputed one (logged); any other disagreement raises
+    :class:`ResultsError` naming ``metrics_path``, ``block.metric`` and both values. A missing
+    Brier score (older files) is not checked.
+    """
+    csv_path = metrics_path.parent / "predictions.csv"
+    labels, probabilities = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
+    try:
+        recomputed = classification_metrics(labels, probabilities, threshold=row["threshold"], average=row["average"])
+    except ValueError as error:
+        raise ResultsError(f"{csv_path}: cannot recompute the metrics of {metrics_path.name} ({error})") from None
+    legacy: dict[str, float] | None = None
+    for key in CLASSIFICATION_METRICS:
+        recorded = row[key]
+        if _agree(recorded, recomputed[key]) or (key == "brier" and math.isnan(recorded)):
+            continue
+        if key in RATIO_METRICS:
+            legacy = legacy or classification_metrics(labels, probabilities, threshold=row["threshold"],
+                                                      average=row["average"], zero_division=0)
+            if _agree(recorded, legacy[key]):
+                log.warning("%s: %s.%s is %s, written counting an undefined ratio as 0; using %s recomputed from "
+                            "predictions.csv", metrics_path, block, key, _shown(recorded), _shown(recomputed[key]))
+                row[key] = recomputed[key]
+                continue
+        raise ResultsError(f"{metrics_path}: {block}.{key} is {_shown(recorded)} but predictions.csv gives "
+                           f"{_shown(recomputed[key])}")
+
+
+def verify_segmentation(row: dict[str, Any], metrics_path: Path, scans: pd.DataFrame) -> None:
+    """Check a fold's segmentation metrics (``row``) against the mean of its per-scan values (``segmentation.csv``).
+
+    Raises :class:`ResultsError` naming ``metrics_path``, the metric and both values when one
+    disagrees beyond :data:`TOLERANCE`.
+    """
+    for key in SEGMENTATION_METRICS:
+        recomputed = float(pd.to_numeric(scans[key], errors="coerce").mean())
+        if not _agree(row[key], recomputed):
+            raise ResultsError(f"{metrics_path}: segmentation.{key} is {_shown(row[key])} but the mean of "
+                               f"segmentation.csv's per-scan values is {_shown(recomputed)}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +217,7 @@ def _fold_metrics_row(path: Path, experiment: str, fold: int, threshold_rule: st
     row["convention"] = metrics.get("convention", "monai")
     row["average"] = metrics.get("average", "binary")
     row["threshold"] = float(metrics["validation_threshold"] if at_validation else metrics.get("threshold", 0.5))
+    row["_block"] = "classification_at_validation_threshold" if at_validation else "classification"  # not a column
     return row
 
 
@@ -210,7 +283,8 @@ def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results
             continue
         records.append(record)
         for k, fold_dir in complete:
-            fold_rows.append(_fold_metrics_row(fold_dir / "metrics.json", name, k, threshold_rule))
+            row = _fold_metrics_row(fold_dir / "metrics.json", name, k, threshold_rule)
+            fold_rows.append(row)
             if (fold_dir / "run.json").exists():
                 run = _read_json(fold_dir / "run.json")
                 run_rows.append({"experiment": name, "fold": k,
@@ -219,8 +293,10 @@ def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results
                 if not (fold_dir / "predictions.csv").exists():
                     raise ResultsError(f"{fold_dir / 'predictions.csv'}: file not found (experiment {name!r} declares classification)")
                 frames["predictions"].append(_read_csv(fold_dir / "predictions.csv", PREDICTION_COLUMNS, name))
+                verify_classification(row, fold_dir / "metrics.json", frames["predictions"][-1], row["_block"])
             if "segmentation" in record["tasks"] and (fold_dir / "segmentation.csv").exists():
                 frames["segmentation"].append(_read_csv(fold_dir / "segmentation.csv", SEGMENTATION_COLUMNS, name))
+                verify_segmentation(row, fold_dir / "metrics.json", frames["segmentation"][-1])
             if (fold_dir / "history.csv").exists():
                 history = _read_csv(fold_dir / "history.csv", HISTORY_COLUMNS, name)
                 history.insert(1, "fold", k)

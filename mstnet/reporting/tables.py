@@ -2,8 +2,14 @@
 
 Statistics (``shared/design/protocol.md``, "Aggregation and statistics"):
 
-- cell value: mean +/- sample std (ddof=1) over folds of the fold values in ``metrics.json``
-  (:func:`mstnet.metrics.mean_std`);
+- cell value (the primary number, bold when best): the pooled statistic, i.e. the metric of
+  all out-of-fold test patients together (classification, each at its fold's threshold) or
+  the mean over all test scans (segmentation); the 95% CI printed with it is the bootstrap
+  interval of that same statistic, so the bold, the interval and the pooled ROC curves agree;
+- secondary: mean +/- sample std (ddof=1) over folds of the fold values in ``metrics.json``
+  (:func:`mstnet.metrics.mean_std`), over the folds where the metric is defined, saying
+  "(k of n folds)" when some are not (precision with no positive prediction is undefined,
+  NaN, never 0);
 - 95% CI, classification: percentile bootstrap over patients of the pooled out-of-fold
   predictions, each at its fold's threshold (``metrics.json``: 0.5, or the inner-validation
   threshold when the results were loaded with ``threshold_rule="validation"``) and with the
@@ -16,11 +22,12 @@ Statistics (``shared/design/protocol.md``, "Aggregation and statistics"):
 - 95% CI, segmentation: :func:`mstnet.metrics.bootstrap_mean_ci` of the per-scan values
   with scans grouped by patient;
 - paired comparison with the reference method on the patients (and time points) both have:
-  DeLong for AUC (:func:`mstnet.metrics.delong_test`), Wilcoxon signed-rank on per-scan Dice
-  (:func:`mstnet.metrics.wilcoxon_signed_rank`);
+  DeLong for AUC (:func:`mstnet.metrics.delong_test`), Wilcoxon signed-rank on per-patient
+  mean Dice (each patient's scans averaged first, then paired by patient;
+  :func:`mstnet.metrics.wilcoxon_per_patient`);
 - ablation differences (variant minus reference) with a paired bootstrap over patients, and
   paired p-values: DeLong (AUC), exact McNemar (accuracy), paired bootstrap (F1), Wilcoxon
-  (Dice).
+  on per-patient mean Dice.
 
 Renderings: CSV (raw numbers: fractions in [0, 1], distances in mm), Markdown, LaTeX
 (booktabs) and HTML; fractions are shown as percentages.
@@ -39,7 +46,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mstnet.metrics import bootstrap_mean_ci, delong_test, mean_std, wilcoxon_signed_rank
+from mstnet.metrics import bootstrap_mean_ci, delong_test, mean_std, wilcoxon_per_patient
+from mstnet.metrics.classification import nan_weighted_average
 from mstnet.reporting.published import PUBLISHED_LABEL, PUBLISHED_SOURCE, ROW_ORDER, published_rows
 from mstnet.reporting.results import Results
 
@@ -84,7 +92,8 @@ COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 PAIRED_TESTS = {"auc": "auc_p_delong", "dice": "dice_p_wilcoxon"}
 """Column -> CSV column of the p-value of its paired comparison with the reference."""
 ABLATION_METRICS: tuple[str, ...] = ("auc", "accuracy", "f1", "dice")
-ABLATION_TESTS = {"auc": "DeLong", "accuracy": "exact McNemar", "f1": "paired bootstrap", "dice": "Wilcoxon signed-rank"}
+ABLATION_TESTS = {"auc": "DeLong", "accuracy": "exact McNemar", "f1": "paired bootstrap",
+                  "dice": "Wilcoxon signed-rank on per-patient mean Dice"}
 MISSING = "-"
 ROW_MARKS = "abcdefghijklmnopqrstuvwxyz"
 CONVENTION_TEXT = {
@@ -110,9 +119,9 @@ def patient_draws(n_patients: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator with 0 where the denominator is 0 (scikit-learn's ``zero_division=0``)."""
+    """numerator / denominator with NaN where the denominator is 0 (scikit-learn's ``zero_division=np.nan``)."""
     numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
-    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
+    return np.divide(numerator, denominator, out=np.full(np.broadcast(numerator, denominator).shape, np.nan),
                      where=denominator > 0)
 
 
@@ -132,8 +141,9 @@ def classification_metric_samples(
             as in :func:`mstnet.metrics.classification_metrics`.
 
     Returns:
-        metric name -> (R,) values, the same keys as ``classification_metrics``; AUC is NaN on a
-        resample holding one class.
+        metric name -> (R,) values, the same keys as ``classification_metrics``; undefined
+        values are NaN as there (precision with no positive prediction, AUC on a resample
+        holding one class, ...).
     """
     y = np.asarray(labels)[draws].astype(bool)
     p = np.asarray(probabilities, dtype=np.float64)[draws]
@@ -150,11 +160,13 @@ def classification_metric_samples(
     if average == "binary":
         precision, recall, f1, specificity = precision_1, recall_1, f1_1, recall_0
     elif average == "weighted":
-        n1, n0 = tp + fn, tn + fp
-        precision = (n0 * precision_0 + n1 * precision_1) / n
-        recall = (n0 * recall_0 + n1 * recall_1) / n
-        f1 = (n0 * f1_0 + n1 * f1_1) / n
-        specificity = (n0 * recall_1 + n1 * recall_0) / n
+        weights = np.stack([tn + fp, tp + fn], axis=-1)  # support of class 0, class 1
+
+        def weighted(value_0: np.ndarray, value_1: np.ndarray) -> np.ndarray:
+            return nan_weighted_average(np.stack([value_0, value_1], axis=-1), weights)
+
+        precision, recall, f1 = weighted(precision_0, precision_1), weighted(recall_0, recall_1), weighted(f1_0, f1_1)
+        specificity = weighted(recall_1, recall_0)
     else:
         raise ValueError(f"average: expected 'binary' or 'weighted', got {average!r}")
     positives = y.sum(axis=1)
@@ -186,8 +198,12 @@ class ResultsTable:
         title: caption.
         frame: one row per method: ``experiment``, ``method``, ``group``, ``mark`` (footnote
             letter or ""), ``is_reference``, ``n_folds``, ``n_patients``, ``n_scans``; per metric
-            ``<key>_mean``, ``<key>_std``, ``<key>_ci_low``, ``<key>_ci_high``, ``<key>_best``;
-            ``auc_p_delong`` and ``dice_p_wilcoxon`` (NaN for the reference and where untested).
+            ``<key>_pooled`` (the pooled statistic: all out-of-fold patients / scans together),
+            ``<key>_ci_low``, ``<key>_ci_high`` (its bootstrap interval), ``<key>_best`` (best
+            ``<key>_pooled`` of the column), ``<key>_mean``, ``<key>_std`` (over the folds where
+            the metric is defined) and ``<key>_folds`` (how many those are); ``auc_p_delong``
+            and ``dice_p_wilcoxon`` (per-patient mean Dice; NaN for the reference and where
+            untested).
         notes: footnote lines.
         oracle_auc: the oracle ceiling AUC ("everything"), or None.
         published: published row name -> {metric: value in percent / paper unit or None}, when
@@ -237,29 +253,35 @@ def _scans(results: Results, experiment: str) -> pd.DataFrame:
 
 def measure_row(results: Results, experiment: str, reference: str | None, n_resamples: int, seed: int,
                 confidence: float = 0.95) -> dict:
-    """One table row: per-fold mean/std, bootstrap CI and paired p-values against ``reference``."""
+    """One table row: pooled statistics and their bootstrap CIs, per-fold mean/std, paired p-values against
+    ``reference``."""
     folds = results.fold_metrics[results.fold_metrics["experiment"] == experiment]
     row: dict = {"experiment": experiment, "n_folds": len(folds), "n_patients": 0, "n_scans": 0}
     for column in COLUMNS:
-        row.update({f"{column.key}_{part}": math.nan for part in ("mean", "std", "ci_low", "ci_high")})
+        row.update({f"{column.key}_{part}": math.nan for part in ("pooled", "ci_low", "ci_high", "mean", "std")})
+        row[f"{column.key}_folds"] = 0
     if results.has_task(experiment, "classification"):
         pooled = _pooled(results, experiment)
         row["n_patients"] = len(pooled)
         draws = patient_draws(len(pooled), n_resamples, seed)
-        samples = classification_metric_samples(pooled["label"].to_numpy(), pooled["probability"].to_numpy(), draws,
-                                                patient_thresholds(results, experiment, pooled["fold"]),
-                                                _classification_average(results, experiment))
+        arguments = (pooled["label"].to_numpy(), pooled["probability"].to_numpy())
+        setting = (patient_thresholds(results, experiment, pooled["fold"]),
+                   _classification_average(results, experiment))
+        point = classification_metric_samples(*arguments, np.arange(len(pooled))[None, :], *setting)
+        samples = classification_metric_samples(*arguments, draws, *setting)
         for column in COLUMNS:
             if column.task == "classification":
-                row[f"{column.key}_mean"], row[f"{column.key}_std"] = mean_std(folds[column.key].to_numpy())
+                row[f"{column.key}_pooled"] = float(point[column.key][0])
                 row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"] = percentile_interval(samples[column.key], confidence)
+                _fold_summary(row, column.key, folds[column.key].to_numpy(float))
     if results.has_task(experiment, "segmentation"):
         scans = _scans(results, experiment)
         row["n_scans"] = len(scans)
         for column in COLUMNS:
             if column.task == "segmentation":
-                row[f"{column.key}_mean"], row[f"{column.key}_std"] = mean_std(folds[column.key].to_numpy())
+                _fold_summary(row, column.key, folds[column.key].to_numpy(float))
                 if len(scans):
+                    row[f"{column.key}_pooled"] = float(np.mean(scans[column.key].to_numpy(float)))
                     row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"] = bootstrap_mean_ci(
                         scans[column.key].to_numpy(float), groups=scans["patient_id"].to_numpy(),
                         n_resamples=n_resamples, seed=seed, confidence=confidence)
@@ -273,8 +295,19 @@ def measure_row(results: Results, experiment: str, reference: str | None, n_resa
         if results.has_task(experiment, "segmentation") and results.has_task(reference, "segmentation"):
             paired = paired_scans(results, reference, experiment)
             if len(paired) >= 2:
-                row["dice_p_wilcoxon"] = wilcoxon_signed_rank(paired["dice_reference"], paired["dice_other"])
+                row["dice_p_wilcoxon"] = wilcoxon_per_patient(paired["dice_reference"], paired["dice_other"],
+                                                              paired["patient_id"])
     return row
+
+
+def _fold_summary(row: dict, key: str, values: np.ndarray) -> None:
+    """``<key>_mean``, ``<key>_std`` over the folds where the metric is defined, and ``<key>_folds`` (their number)."""
+    row[f"{key}_folds"] = int(np.isfinite(values).sum())
+    if row[f"{key}_folds"] < values.size:
+        log.info("%s: %s is undefined in %d of %d folds; the fold mean is over the other %d", row["experiment"], key,
+                 values.size - row[f"{key}_folds"], values.size, row[f"{key}_folds"])
+    row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values[np.isfinite(values)]) if row[f"{key}_folds"] else (
+        math.nan, math.nan)
 
 
 def paired_predictions(results: Results, reference: str, other: str) -> pd.DataFrame:
@@ -307,11 +340,12 @@ def paired_scans(results: Results, reference: str, other: str) -> pd.DataFrame:
 
 
 def _mark_best(frame: pd.DataFrame) -> None:
+    """``<key>_best``: the best pooled value of each column (the statistic whose interval is printed)."""
     for column in COLUMNS:
-        means = frame[f"{column.key}_mean"].astype(float)
-        finite = means[np.isfinite(means)]
+        pooled = frame[f"{column.key}_pooled"].astype(float)
+        finite = pooled[np.isfinite(pooled)]
         best = finite.max() if column.higher_is_better else finite.min()
-        frame[f"{column.key}_best"] = np.isfinite(means) & np.isclose(means, best) if len(finite) else False
+        frame[f"{column.key}_best"] = np.isfinite(pooled) & np.isclose(pooled, best) if len(finite) else False
 
 
 def _paper_order(results: Results, names: list[str]) -> list[str]:
@@ -348,11 +382,7 @@ def table_notes(results: Results, names: list[str], reference: str, n_resamples:
     """The footnote lines of a results table (cohort, units, CIs, averaging, convention, tests, rows)."""
     classification = [n for n in names if results.has_task(n, "classification")]
     segmentation = [n for n in names if results.has_task(n, "segmentation")]
-    notes = [_cohort_note(results),
-             "Cells: mean ± std over folds (percent for Dice, Jaccard, Acc, Pre, Rec, Spec, F1, AUC; mm for HD95 and "
-             f"ASD); brackets: 95% percentile bootstrap CI ({n_resamples} resamples, seed {seed}) over patients of the "
-             "pooled out-of-fold predictions (classification) and of the per-scan values grouped by patient "
-             "(segmentation). '-': the method does not do that task."]
+    notes = [_cohort_note(results), CELL_NOTE.format(n_resamples=n_resamples, seed=seed), BOLD_NOTE]
     if classification:
         averages = _settings(results, classification, "average")
         thresholds = _settings(results, classification, "threshold")
@@ -363,24 +393,76 @@ def table_notes(results: Results, names: list[str], reference: str, n_resamples:
                               f"{min(thresholds):.2f} to {max(thresholds):.2f})")
         else:
             threshold_text = f"at a probability threshold of {' / '.join(f'{t:g}' for t in thresholds)}"
-        notes.append(f"Precision, recall, specificity and F1 are {average_text}, {threshold_text}; AUC is threshold-free.")
+        notes.append(f"Precision, recall, specificity and F1 are {average_text}, {threshold_text}; AUC is "
+                     f"threshold-free. {UNDEFINED_NOTE}")
     if segmentation:
         conventions = _settings(results, segmentation, "convention")
         notes.append("Surface distances: " + "; ".join(CONVENTION_TEXT.get(c, f"{c} convention") for c in conventions)
                      + "; per scan, in mm, then averaged.")
-    notes.append("Best value per column in bold (lower is better for HD95 and ASD).")
     if reference in names or reference in results.experiments.index:
         notes.append(f"Paired comparison with {_method_name(results, reference)} on the same patients: DeLong test on "
-                     "AUC, Wilcoxon signed-rank test on per-scan Dice (paired on patient and time point); "
-                     "* p < 0.05, ** p < 0.01, *** p < 0.001 (p-values in the CSV).")
+                     "the pooled AUC; Wilcoxon signed-rank test on per-patient mean Dice (each patient's Dice averaged "
+                     "over the scans both methods segmented, then one pair per patient, so a patient's time points "
+                     "are not counted as independent pairs); * p < 0.05, ** p < 0.01, *** p < 0.001 (p-values in the "
+                     "CSV).")
     if oracle_shown:
-        subsets = ", ".join(f"{k} {100 * v:.1f}" for k, v in results.oracle.items())
-        notes.append(f"Oracle ceiling: AUC of the known generating risk (oracle.json: {subsets}).")
+        notes.append("Oracle ceiling: AUC of the known generating risk given everything (all scans, the clinical "
+                     "record and the radiologist's reads).")
+    ceilings = {n: results.experiments.at[n, "information"] for n in classification
+                if results.experiments.at[n, "information"] in results.oracle}
+    if ceilings:
+        keys = ", ".join(f"{_method_name(results, n)} {k}" for n, k in ceilings.items())
+        notes.append("'ceiling' after an AUC: the Bayes-optimal AUC of the inputs that row sees, on the same patients "
+                     f"(oracle.json, the generator's own posterior; information sets: {keys}).")
     if with_published:
         notes.append(f"Rows '{PUBLISHED_LABEL}': {PUBLISHED_SOURCE}; another cohort, shown for reference only.")
+    notes += training_notes(results, names)
     for name, mark in marks.items():
         notes.append(f"[{mark}] {_method_name(results, name)}: {results.experiments.at[name, 'footnote']}")
     return tuple(notes)
+
+
+def training_notes(results: Results, names: list[str]) -> list[str]:
+    """Footnotes on training: the recipe each deep row used (run.json ``recipe_summary``, with its
+    optimizer steps per fold) and every row whose folds fell short of their plateau."""
+    runs = results.runs
+    if runs.empty or "recipe_summary" not in runs.columns:
+        return []
+    recipes, short = [], []
+    for name in names:
+        rows = runs[runs["experiment"] == name]
+        summaries = sorted(set(rows["recipe_summary"].dropna()))
+        if not summaries:
+            continue
+        steps = rows["optimizer_steps"].dropna() if "optimizer_steps" in rows else pd.Series(dtype=float)
+        step_text = f", {int(steps.median())} optimizer steps per fold" if len(steps) else ""
+        recipes.append(f"{_method_name(results, name)}: {' | '.join(summaries)}{step_text}")
+        if "plateau_reached" in rows:
+            flagged = rows[rows["plateau_reached"] == False]  # noqa: E712 - a column of booleans and NaN
+            if len(flagged):
+                gains = "; ".join(f"fold {int(r.fold)} {r.short_of_plateau}" for r in flagged.itertuples())
+                short.append(f"{_method_name(results, name)} ({len(flagged)} of {len(rows)} folds: {gains})")
+    notes = [f"Training recipes: {'; '.join(recipes)}."] if recipes else []
+    if short:
+        notes.append("Short of the plateau (inner-validation Dice or AUC still gained at least 1 point over the last "
+                     f"third of a stage): {'; '.join(short)}. Their numbers measure the training budget as much as "
+                     "the method.")
+    return notes
+
+
+CELL_NOTE = ("Cells: the pooled value (all out-of-fold test patients together for Acc, Pre, Rec, Spec, F1 and AUC, "
+             "each at its fold's threshold; the mean over all test scans for Dice, Jaccard, HD95 and ASD), then in "
+             "brackets the 95% percentile bootstrap CI of that pooled value ({n_resamples} resamples over patients, "
+             "a patient's scans drawn together, seed {seed}); after the semicolon, mean ± std over folds, with "
+             "'(k of n folds)' when the metric is undefined in the other folds. Percent, except HD95 and ASD in mm. "
+             "'-': the method does not do that task.")
+"""The footnote saying what each number of a cell is (formatted with ``n_resamples`` and ``seed``)."""
+BOLD_NOTE = ("Bold: the best pooled value per column, the statistic whose interval is printed (lower is better for "
+             "HD95 and ASD); the ROC figure shows the same pooled AUCs, so both rank the methods alike.")
+UNDEFINED_NOTE = ("A ratio with a zero denominator is undefined and left out, not counted as 0: precision with no "
+                  "positive prediction, recall with no malignant patient, specificity with no benign one; F1 is "
+                  "undefined only with neither a malignant patient nor a positive prediction (with malignant "
+                  "patients and no positive prediction it is 0).")
 
 
 def _method_name(results: Results, experiment: str) -> str:
@@ -406,6 +488,9 @@ def build_results_table(results: Results, names: Sequence[str], title: str, refe
     frame.insert(2, "group", [results.experiments.at[n, "group"] for n in names])
     frame.insert(3, "mark", [marks.get(n, "") for n in names])
     frame.insert(4, "is_reference", [n == reference for n in names])
+    frame["information"] = [results.experiments.at[n, "information"] for n in names]
+    frame["ceiling_auc"] = [float(results.oracle.get(info, math.nan)) if results.has_task(n, "classification") else math.nan
+                            for n, info in zip(names, frame["information"])]
     _mark_best(frame)
     oracle_auc = results.oracle.get("everything") if with_oracle else None
     published = published_rows(results.published) if with_published else None
@@ -439,16 +524,29 @@ def reference_table(results: Results, reference: str = "mstnet", n_resamples: in
 # rendering of results tables
 
 
-def _cell_parts(row: pd.Series, column: MetricColumn) -> tuple[str, str] | None:
-    mean = row[f"{column.key}_mean"]
-    if not np.isfinite(mean):
+def _cell_parts(row: pd.Series, column: MetricColumn) -> tuple[str, str, str] | None:
+    """(pooled value, "[low, high]" of its bootstrap CI, "mean ± std" over folds [+ "(k of n folds)"]); None
+    when the experiment has no value at all for the column (it does not do that task)."""
+    key, scale = column.key, column.scale()
+    pooled, mean, n_defined = row[f"{key}_pooled"], row[f"{key}_mean"], int(row[f"{key}_folds"])
+    if not np.isfinite(pooled) and not np.isfinite(mean):
+        if n_defined == 0 and int(row["n_folds"]) > 0 and _does_task(row, column):
+            return MISSING, "", f"undefined in all {int(row['n_folds'])} folds"
         return None
-    scale = column.scale()
-    std = row[f"{column.key}_std"]
-    main = f"{scale * mean:.2f} ± {scale * std:.2f}" if np.isfinite(std) else f"{scale * mean:.2f}"
-    low, high = row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"]
+    main = f"{scale * pooled:.2f}" if np.isfinite(pooled) else MISSING
+    low, high = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
     ci = f"[{scale * low:.1f}, {scale * high:.1f}]" if np.isfinite(low) and np.isfinite(high) else ""
-    return main, ci
+    std = row[f"{key}_std"]
+    folds = f"{scale * mean:.2f} ± {scale * std:.2f}" if np.isfinite(std) else f"{scale * mean:.2f}"
+    if n_defined < int(row["n_folds"]):
+        folds += f" ({n_defined} of {int(row['n_folds'])} folds)"
+    return main, ci, folds
+
+
+def _does_task(row: pd.Series, column: MetricColumn) -> bool:
+    """Whether the row has values for some metric of ``column``'s task (its metric is then undefined, not absent)."""
+    return any(np.isfinite(row[f"{c.key}_pooled"]) or np.isfinite(row[f"{c.key}_mean"]) for c in COLUMNS
+               if c.task == column.task)
 
 
 def _row_stars(row: pd.Series, column: MetricColumn) -> str:
@@ -462,12 +560,16 @@ def _published_value(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class _DisplayRow:
-    """A rendered row: method name, footnote mark, kind and per column (main, ci, stars, bold)."""
+    """A rendered row: method name, footnote mark, kind and per column (main, ci, folds, stars, bold).
+
+    ``main`` is the pooled value (the one ``bold`` marks), ``ci`` its bootstrap interval and
+    ``folds`` the mean ± std over folds; published and oracle rows have only ``main``.
+    """
 
     method: str
     mark: str
     kind: str  # "measured", "published", "oracle"
-    cells: tuple[tuple[str, str, str, bool], ...] = field(default_factory=tuple)
+    cells: tuple[tuple[str, str, str, str, bool], ...] = field(default_factory=tuple)
 
 
 def _display_rows(table: ResultsTable) -> list[_DisplayRow]:
@@ -478,9 +580,11 @@ def _display_rows(table: ResultsTable) -> list[_DisplayRow]:
         for column in COLUMNS:
             parts = _cell_parts(row, column)
             if parts is None:
-                cells.append((MISSING, "", "", False))
+                cells.append((MISSING, "", "", "", False))
             else:
-                cells.append((parts[0], parts[1], _row_stars(row, column), bool(row[f"{column.key}_best"])))
+                if column.key == "auc" and np.isfinite(row.get("ceiling_auc", math.nan)):
+                    parts = (*parts[:2], f"{parts[2]}; ceiling {100 * row['ceiling_auc']:.1f}")
+                cells.append((*parts, _row_stars(row, column), bool(row[f"{column.key}_best"])))
         measured[row["method"]] = _DisplayRow(row["method"], row["mark"], "measured", tuple(cells))
         order.append(row["method"])
     rows: list[_DisplayRow] = []
@@ -492,12 +596,12 @@ def _display_rows(table: ResultsTable) -> list[_DisplayRow]:
             if name in table.published:
                 values = table.published[name]
                 rows.append(_DisplayRow(f"{name}, {PUBLISHED_LABEL}", "", "published", tuple(
-                    (_published_value(values.get(c.key)), "", "", False) for c in COLUMNS)))
+                    (_published_value(values.get(c.key)), "", "", "", False) for c in COLUMNS)))
     else:
         rows = [measured[name] for name in order]
     if table.oracle_auc is not None:
         rows.append(_DisplayRow("Oracle ceiling (known risk)", "", "oracle", tuple(
-            (f"{100 * table.oracle_auc:.2f}", "", "", False) if c.key == "auc" else (MISSING, "", "", False)
+            (f"{100 * table.oracle_auc:.2f}", "", "", "", False) if c.key == "auc" else (MISSING, "", "", "", False)
             for c in COLUMNS)))
     return rows
 
@@ -512,7 +616,8 @@ def _markdown_stars(star: str) -> str:
 
 
 def results_table_markdown(table: ResultsTable) -> str:
-    """GitHub Markdown: bold best values, escaped stars (``\\*``), the CI in brackets after the cell, notes below."""
+    """GitHub Markdown: pooled value (bold when best), escaped stars (``\\*``), its CI in brackets, then
+    "; mean ± std" over folds; notes below."""
     lines = [f"**{table.title}**", "", "| Method | " + " | ".join(_header_label(c) for c in COLUMNS) + " |",
              "| --- | " + " | ".join("---" for _ in COLUMNS) + " |"]
     for row in _display_rows(table):
@@ -520,9 +625,10 @@ def results_table_markdown(table: ResultsTable) -> str:
         if row.kind != "measured":
             name = f"*{name}*"
         cells = []
-        for main, ci, star, bold in row.cells:
+        for main, ci, folds, star, bold in row.cells:
             text = (f"**{main}**" if bold else main) + _markdown_stars(star)
-            cells.append(f"{text} {ci}" if ci else text)
+            text = f"{text} {ci}" if ci else text
+            cells.append(f"{text}; {folds}" if folds else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {note}" for note in table.notes]]
     return "\n".join(lines) + "\n"
@@ -530,52 +636,131 @@ def results_table_markdown(table: ResultsTable) -> str:
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
-                  "≥": r"$\geq$", "≤": r"$\leq$", "–": "--"}
+                  "≥": r"$\geq$", "≤": r"$\leq$", "–": "--", "—": "---", "−": "$-$", "×": r"$\times$",
+                  "Δ": r"$\Delta$", "≈": r"$\approx$", "µ": r"$\mu$", "μ": r"$\mu$", "→": r"$\rightarrow$",
+                  "<": "$<$", ">": "$>$", "|": "$|$", "’": "'", "‘": "`", "“": "``", "”": "''"}
+LATEX_PAIRS = {">=": r"$\geq$", "<=": r"$\leq$", "+/-": r"$\pm$"}
+LATEX_WIDTH_GUARD = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+"""Opens a box that keeps a tabular at its natural size, shrunk only if it is wider than the text
+(graphicx's ``\width`` is the box's natural width); close it with ``}``."""
+LATEX_PREAMBLE = r"% requires \usepackage{booktabs,graphicx}"
 
 
 def latex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped (and ±, ≥, ≤ as math)."""
-    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+    """``text`` with LaTeX's special characters escaped: ±, ≥ (or ``>=``), ≤, <, > as math, straight
+    quotes as LaTeX quotes (``"a"`` -> ````a''``, ``'a'`` -> ```a'``; an apostrophe stays ``'``)."""
+    text = str(text)
+    out = []
+    i = 0
+    while i < len(text):
+        pair = text[i:i + 3] if text[i:i + 3] in LATEX_PAIRS else text[i:i + 2]
+        if pair in LATEX_PAIRS:
+            out.append(LATEX_PAIRS[pair])
+            i += len(pair)
+            continue
+        ch = text[i]
+        opening = i == 0 or text[i - 1].isspace() or text[i - 1] in "([{/"
+        if ch == '"':
+            out.append("``" if opening else "''")
+        elif ch == "'":
+            out.append("`" if opening else "'")
+        else:
+            out.append(LATEX_SPECIALS.get(ch, ch))
+        i += 1
+    return "".join(out)
+
+
+def _latex_stack(first: str, *lines: str) -> str:
+    """A cell of several centred lines (a nested tabular, top-aligned with the row's first line); the lines
+    after the first in tiny type."""
+    rest = [line for line in lines if line]
+    if not rest:
+        return first
+    return (r"\begin{tabular}[t]{@{}c@{}}" + first + "".join(r"\\{\tiny " + line + "}" for line in rest)
+            + r"\end{tabular}")
+
+
+LATEX_TASK_TITLES = {"segmentation": "segmentation", "classification": "malignancy prediction"}
+LATEX_NAME_CHARACTERS = 16
+"""Method names longer than this are set on two lines, at ", " or before a bracket ("MST-Net," / "published (NLST)")."""
+
+
+def _latex_method(name: str, mark: str, italic: bool) -> str:
+    """The method cell: the escaped name with its footnote mark, on two left-aligned lines when long."""
+    lines = [name]
+    if len(name) > LATEX_NAME_CHARACTERS:
+        if ", " in name:
+            head, tail = name.split(", ", 1)
+            lines = [head + ",", tail]
+        elif " (" in name:
+            head, tail = name.rsplit(" (", 1)
+            lines = [head, "(" + tail]
+    lines = [latex_escape(line) for line in lines]
+    lines[0] += f"$^{{{mark}}}$" if mark else ""
+    text = lines[0] if len(lines) == 1 else r"\begin{tabular}[t]{@{}l@{}}" + r"\\".join(lines) + r"\end{tabular}"
+    return rf"{{\itshape {text}}}" if italic else text
 
 
 def results_table_latex(table: ResultsTable) -> str:
-    """A booktabs ``table`` with one ``tabular``; best values bold, stars as superscripts, notes below."""
-    spec = "l" + "c" * len(COLUMNS)
-    header = "Method & " + " & ".join(latex_escape(_header_label(c)) for c in COLUMNS) + r" \\"
-    body = []
-    previous_kind = "measured"
-    for row in _display_rows(table):
-        if row.kind == "oracle" and previous_kind != "oracle":
-            body.append(r"\midrule")
-        previous_kind = row.kind
-        name = latex_escape(row.method) + (f"$^{{{row.mark}}}$" if row.mark else "")
-        if row.kind != "measured":
-            name = rf"\textit{{{name}}}"
-        cells = []
-        for main, _, star, bold in row.cells:
-            text = r"\textbf{" + latex_escape(main) + "}" if bold else latex_escape(main)
-            cells.append(text + (f"$^{{{star}}}$" if star else ""))
-        body.append(name + " & " + " & ".join(cells) + r" \\")
+    """Booktabs tables that fit an article's text width: one ``table`` per task (segmentation columns, then
+    classification columns), each row only where it has values. A cell is the pooled value (best bold, stars
+    as superscripts), under it in tiny type its 95% CI followed by a semicolon, then the mean ± std over folds,
+    as the notes (under the last table) describe; a table still wider than the text is shrunk to fit."""
+    rows = _display_rows(table)
+    tasks = [task for task in ("segmentation", "classification")
+             if any(row.kind != "oracle" and any(cell[0] != MISSING or cell[2]
+                                                 for cell, column in zip(row.cells, COLUMNS) if column.task == task)
+                    for row in rows)]
+    if not tasks:
+        tasks = ["segmentation", "classification"]
     notes = " ".join(latex_escape(note) for note in table.notes)
-    return "\n".join([
-        r"% requires \usepackage{booktabs}",
-        r"\begin{table}[t]", r"\centering", r"\scriptsize", rf"\caption{{{latex_escape(table.title)}}}",
-        rf"\begin{{tabular}}{{{spec}}}", r"\toprule", header, r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
-        r"\par\smallskip\parbox{\linewidth}{\tiny " + notes + "}", r"\end{table}", ""])
+    blocks = [LATEX_PREAMBLE]
+    for index, task in enumerate(tasks):
+        indices = [i for i, column in enumerate(COLUMNS) if column.task == task]
+        header = "Method & " + " & ".join(latex_escape(_header_label(COLUMNS[i])) for i in indices) + r" \\"
+        body = []
+        previous_kind = "measured"
+        for row in rows:
+            cells = [row.cells[i] for i in indices]
+            if all(main == MISSING and not folds for main, _, folds, _, _ in cells):
+                continue
+            if row.kind == "oracle" and previous_kind != "oracle":
+                body.append(r"\midrule")
+            previous_kind = row.kind
+            name = _latex_method(row.method, row.mark, italic=row.kind != "measured")
+            texts = []
+            for main, ci, folds, star, bold in cells:
+                text = r"\textbf{" + latex_escape(main) + "}" if bold else latex_escape(main)
+                text += f"$^{{{star}}}$" if star else ""
+                ci_line = latex_escape(ci) + (";" if ci and folds else "")
+                texts.append(_latex_stack(text, ci_line, *(latex_escape(part) for part in folds.split("; "))))
+            body.append(name + " & " + " & ".join(texts) + r" \\")
+        last = index == len(tasks) - 1
+        caption = latex_escape(table.title) + (f": {LATEX_TASK_TITLES[task]}" if len(tasks) > 1 else "")
+        footer = (r"\par\smallskip\parbox{\linewidth}{\tiny " + notes + "}" if last else
+                  r"\par\smallskip\parbox{\linewidth}{\tiny Cells, statistics and footnotes: see the notes under the "
+                  + LATEX_TASK_TITLES[tasks[-1]] + " table.}")
+        blocks += [r"\begin{table}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
+                   rf"\caption{{{caption}}}", LATEX_WIDTH_GUARD,
+                   rf"\begin{{tabular}}{{l{'c' * len(indices)}}}", r"\toprule", header, r"\midrule", *body,
+                   r"\bottomrule", r"\end{tabular}}", footer, r"\end{table}"]
+    return "\n".join(blocks) + "\n"
 
 
 def results_table_html(table: ResultsTable) -> str:
-    """An HTML ``<table>`` (class ``results``) with the CI on a second line and the notes below."""
+    """An HTML ``<table>`` (class ``results``): pooled value, its CI on a second line, the mean ± std over folds
+    on a third; the notes below."""
     head = "".join(f"<th>{html.escape(_header_label(c))}</th>" for c in COLUMNS)
     body = []
     for row in _display_rows(table):
         name = html.escape(row.method) + (f"<sup>{row.mark}</sup>" if row.mark else "")
         cells = []
-        for main, ci, star, bold in row.cells:
+        for main, ci, folds, star, bold in row.cells:
             text = html.escape(main)
             text = f"<strong>{text}</strong>" if bold else text
             text += f"<sup class=\"stars\">{star}</sup>" if star else ""
             text += f"<br><span class=\"ci\">{html.escape(ci)}</span>" if ci else ""
+            text += f"<br><span class=\"ci folds\">{html.escape(folds)}</span>" if folds else ""
             cells.append(f"<td>{text}</td>")
         body.append(f"<tr class=\"{row.kind}\"><th scope=\"row\">{name}</th>{''.join(cells)}</tr>")
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in table.notes)
@@ -585,7 +770,8 @@ def results_table_html(table: ResultsTable) -> str:
 
 
 def results_table_csv(table: ResultsTable) -> str:
-    """The measured rows with raw numbers (fractions, mm), p-values, best flags; plus published/oracle rows."""
+    """The measured rows with raw numbers (fractions, mm): pooled values, CIs, fold means, p-values, best flags;
+    plus published/oracle rows (their values in ``<key>_mean``, as published)."""
     frame = table.frame.copy()
     frame.insert(0, "source", "measured")
     extra = []
@@ -597,7 +783,8 @@ def results_table_csv(table: ResultsTable) -> str:
                 record[f"{column.key}_mean"] = math.nan if value is None else value / column.scale()
             extra.append(record)
     if table.oracle_auc is not None:
-        extra.append({"source": "oracle", "method": "Oracle ceiling (known risk)", "auc_mean": table.oracle_auc})
+        extra.append({"source": "oracle", "method": "Oracle ceiling (known risk)", "auc_pooled": table.oracle_auc,
+                      "auc_mean": table.oracle_auc})
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
     for count in ("n_folds", "n_patients", "n_scans"):
@@ -692,7 +879,7 @@ def ablation_row(results: Results, reference: str, variant: str, n_resamples: in
             draws = patient_draws(sums.size, n_resamples, seed)
             row["dice_ci_low"], row["dice_ci_high"] = percentile_interval(
                 sums[draws].sum(axis=1) / counts[draws].sum(axis=1), confidence)
-            row["dice_p"] = wilcoxon_signed_rank(paired["dice_reference"], paired["dice_other"])
+            row["dice_p"] = wilcoxon_per_patient(paired["dice_reference"], paired["dice_other"], paired["patient_id"])
     return row
 
 
@@ -750,7 +937,8 @@ def ablation_markdown(table: AblationTable) -> str:
 
 
 def ablation_latex(table: AblationTable) -> str:
-    """The ablation table as a booktabs LaTeX ``table``."""
+    """The ablation table as a booktabs LaTeX ``table`` that fits the text width (differences with their CI
+    under them; shrunk only if still wider than the text)."""
     n_columns = 2 + len(ABLATION_METRICS)
     header = "Variant & " + " & ".join(f"$\\Delta${COLUMN_BY_KEY[m].label} (pp)" for m in ABLATION_METRICS) + r" & Oracle AUC \\"
     body = []
@@ -758,14 +946,16 @@ def ablation_latex(table: AblationTable) -> str:
         cells = []
         for metric in ABLATION_METRICS:
             parts = _difference_cell(row, metric)
-            cells.append(MISSING if parts is None else latex_escape(f"{parts[0]} {parts[1]}".strip())
-                         + (f"$^{{{parts[2]}}}$" if parts[2] else ""))
+            cells.append(MISSING if parts is None else _latex_stack(
+                latex_escape(parts[0]) + (f"$^{{{parts[2]}}}$" if parts[2] else ""), latex_escape(parts[1])))
+        oracle, _, information = _oracle_text(row).partition(" ")
         body.append(latex_escape(row["experiment"]) + " & " + " & ".join(cells) + " & "
-                    + latex_escape(_oracle_text(row)) + r" \\")
+                    + _latex_stack(latex_escape(oracle), latex_escape(information)) + r" \\")
     return "\n".join([
-        r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\scriptsize",
-        rf"\caption{{Ablations against {latex_escape(table.reference)}}}", rf"\begin{{tabular}}{{l{'c' * (n_columns - 1)}}}",
-        r"\toprule", header, r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+        LATEX_PREAMBLE, r"\begin{table}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
+        rf"\caption{{Ablations against {latex_escape(table.reference)}}}", LATEX_WIDTH_GUARD,
+        rf"\begin{{tabular}}{{l{'c' * (n_columns - 1)}}}",
+        r"\toprule", header, r"\midrule", *body, r"\bottomrule", r"\end{tabular}}",
         r"\par\smallskip\parbox{\linewidth}{\tiny " + " ".join(latex_escape(n) for n in table.notes) + "}",
         r"\end{table}", ""])
 

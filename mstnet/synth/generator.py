@@ -11,7 +11,7 @@ Tabular truth first, in this process, from one random stream (:func:`draw_cohort
    V(t) = V0 exp(r t) at screening days 0, ~365, ~730 (jittered), V0 the LIDC consensus volume;
 6. derived NLST columns (``scr_res0`` / ``scr_iso0``: 4 = positive, nodule >= 4 mm; 2 = negative,
    minor abnormality);
-7. the oracle posterior (:mod:`mstnet.synth.oracle`).
+7. the oracle posteriors, one per information set (:mod:`mstnet.synth.oracle`).
 
 Then images, one patient per task with its own child seed (``SeedSequence(seed).spawn``), so
 the result does not depend on the number of worker processes (step 5, :func:`render_patient`):
@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from mstnet.atomic import write_text_atomic
 from mstnet.data.cohort import ClinicalSchema, Cohort, NoduleLocation, Patient, Scan
-from mstnet.synth.oracle import oracle_report, oracle_scores, write_oracle
+from mstnet.synth.oracle import ORACLE_KEYS, oracle_report, oracle_scores, stored_scores, write_oracle
 from mstnet.synth.risk import (TEXTURES, ClinicalMarginals, GrowthModel, brock_logit, brock_terms, solve_offset, texture_class,
                                vdt_days)
 from mstnet.synth.shape_bank import ShapeBank, load_shape_bank
@@ -59,12 +59,23 @@ from mstnet.synth.thorax import TissueHU, WorldTexture, lung_mask_2d, make_anato
 
 log = logging.getLogger(__name__)
 
+CLINICAL_SOURCES: dict[str, str] = {
+    "race": "history", "cigsmok": "history", "gender": "history", "age": "history", "pack_years": "history",
+    "family_history": "history",
+    "scr_res0": "screening", "scr_iso0": "screening",
+    "emphysema": "read", "upper_lobe": "read", "nodule_count": "read", "nodule_type": "read", "spiculated": "read",
+}
+"""Where each column of ``clinical.csv`` comes from (written to ``clinical_schema.json`` as ``"sources"``):
+demographics and history, the screening result, or the radiologist's read of the CT (the
+Brock covariates emphysema, upper lobe, nodule count and nodule type, and spiculation)."""
+
 CLINICAL_SCHEMA = ClinicalSchema(
     categorical=("race", "cigsmok", "gender", "scr_res0", "scr_iso0", "family_history", "emphysema", "upper_lobe",
                  "nodule_type", "spiculated"),
     numeric=("age", "pack_years", "nodule_count"),
+    sources=CLINICAL_SOURCES,
 )
-"""Columns of ``clinical.csv`` (NLST names first, then the Brock covariates)."""
+"""Columns of ``clinical.csv`` (NLST names first, then the Brock covariates), with their sources."""
 
 
 def clinical_categories(config: SynthConfig) -> dict[str, tuple[str, ...]]:
@@ -75,7 +86,13 @@ def clinical_categories(config: SynthConfig) -> dict[str, tuple[str, ...]]:
             "upper_lobe": binary, "nodule_type": TEXTURES, "spiculated": binary}
 
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+"""Part of every cohort's fingerprint: bumped when the same parameters give other files, so a
+cached cohort is regenerated. 3: the manifest's nodule location is a reader's mark (mask
+centroid plus a drawn error, ``mark_error_sd_mm``); ground_truth.csv gains the mask centroids."""
+
+_MARK_STREAM = 0x6D61726B
+"""Spawn-key entry of the reader's-mark stream, apart from the image draws (images and masks do not change with it)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,11 @@ class SynthConfig:
         crop: ``"nodule"`` (grid centred near the nodule) or ``"thorax"`` (full axial slab
             centred on the body, the slab's z centred on the nodule).
         centre_jitter_voxels: (z, y, x) maximum offset of the nodule from the crop centre.
+        mark_error_sd_mm: (z, y, x) sd of the reader's-mark error (default 2.0, 2.5, 2.5 mm: one
+            slice in z, about 3.6 voxels in plane at 0.7 mm). The manifest's nodule location is
+            the mask centroid plus a Gaussian error per scan and axis, drawn from a stream of
+            its own; z1..z2 is the mask's slice range shifted by the z error in whole slices
+            (kept inside the grid). ``(0, 0, 0)``: the location is the mask centroid.
         n_timepoints: screening rounds T0, T1, ... (default 3).
         interval_days: mean days between rounds (default 365).
         interval_jitter_days: sd of each interval (default 30).
@@ -133,6 +155,7 @@ class SynthConfig:
     spacing_mm: tuple[float, float, float] = (2.0, 0.7, 0.7)
     crop: str = "nodule"
     centre_jitter_voxels: tuple[int, int, int] = (1, 8, 8)
+    mark_error_sd_mm: tuple[float, float, float] = (2.0, 2.5, 2.5)
     n_timepoints: int = 3
     interval_days: float = 365.0
     interval_jitter_days: float = 30.0
@@ -174,6 +197,8 @@ class SynthConfig:
             problems.append(f"spacing_mm must be three positive numbers (z, y, x), got {self.spacing_mm}")
         if self.crop not in ("nodule", "thorax"):
             problems.append(f"crop must be 'nodule' or 'thorax', got {self.crop!r}")
+        if len(self.mark_error_sd_mm) != 3 or min(self.mark_error_sd_mm) < 0:
+            problems.append(f"mark_error_sd_mm must be three non-negative sds in mm (z, y, x), got {self.mark_error_sd_mm}")
         if self.image_suffix not in (".nii", ".nii.gz"):
             problems.append(f"image_suffix must be '.nii' or '.nii.gz', got {self.image_suffix!r}")
         if self.n_timepoints < 1:
@@ -255,8 +280,8 @@ def eligible_bank_indices(bank: ShapeBank, config: SynthConfig) -> np.ndarray:
 def draw_cohort_table(config: SynthConfig, bank: ShapeBank) -> pd.DataFrame:
     """Steps 1-4, 6 and 7: one row per patient with every truth column, no images.
 
-    Cheap (milliseconds per thousand patients): use it to study the generator or the oracle
-    on many patients.
+    Cheap (the oracle columns take most of it: about 0.5 s for 150 patients, 3-4 ms a patient
+    on the full bank): use it to study the generator or the oracle on many patients.
     """
     table_seed, _ = np.random.SeedSequence(config.seed).spawn(2)
     rng = np.random.default_rng(table_seed)
@@ -307,9 +332,9 @@ def draw_cohort_table(config: SynthConfig, bank: ShapeBank) -> pd.DataFrame:
     positive = diameter0 >= 4.0
     frame["scr_res0"] = np.where(positive, 4, 2)
     frame["scr_iso0"] = np.where(positive, 4, 2)
-    scores = oracle_scores(frame, config.growth, config.include_spiculation)
+    scores = oracle_scores(frame, config, bank)
     frame["oracle_posterior"] = scores["everything"].to_numpy()
-    for key in ("clinical_only", "single_timepoint", "imaging_only"):
+    for key in ORACLE_KEYS[:-1]:  # every information set (mstnet.information): oracle_scans2+clinical, ...
         frame[f"oracle_{key}"] = scores[key].to_numpy()
     return frame
 
@@ -418,7 +443,9 @@ def render_patient(config: SynthConfig, record: dict[str, Any], bank_mask: np.nd
 
     Returns:
         ``{"patient_id", "placement", "timepoints": [{timepoint, days, image, mask, x, y, z1, z2,
-        mask_volume_mm3, noise_sd_hu, shift_mm, breathing_scale}]}`` with paths relative to ``folder``.
+        centroid, mask_z, mask_volume_mm3, noise_sd_hu, shift_mm, breathing_scale}]}`` with paths
+        relative to ``folder``: x, y, z1..z2 the reader's mark (:func:`reader_mark`), centroid
+        (z, y, x) and mask_z (first, last slice) the mask's true position.
     """
     from mstnet.data.io import write_nifti
 
@@ -477,10 +504,14 @@ def render_patient(config: SynthConfig, record: dict[str, Any], bank_mask: np.nd
         mask_name = f"masks/{patient_id}_{tp}.nii.gz"
         write_nifti(folder / image_name, image, spacing=tuple(spacing), origin=origin)
         write_nifti(folder / mask_name, mask.astype(np.uint8), spacing=tuple(spacing), origin=origin)
-        location: dict[str, Any] = {"x": None, "y": None, "z1": None, "z2": None}
+        location: dict[str, Any] = {"x": None, "y": None, "z1": None, "z2": None, "centroid": None, "mask_z": None}
         if mask.any():
             zs, ys, xs = np.nonzero(mask)
-            location = {"x": float(xs.mean()), "y": float(ys.mean()), "z1": int(zs.min()), "z2": int(zs.max())}
+            centroid = np.array([zs.mean(), ys.mean(), xs.mean()])
+            sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+            mark_rng = np.random.default_rng(np.random.SeedSequence(sequence.entropy, spawn_key=(*sequence.spawn_key, _MARK_STREAM, k)))
+            location = {**reader_mark(centroid, (int(zs.min()), int(zs.max())), shape, spacing, config.mark_error_sd_mm, mark_rng),
+                        "centroid": [float(c) for c in centroid], "mask_z": [int(zs.min()), int(zs.max())]}
         timepoints.append({
             "timepoint": tp,
             "days": float(record[f"days_{tp}"]),
@@ -497,6 +528,22 @@ def render_patient(config: SynthConfig, record: dict[str, Any], bank_mask: np.nd
         "placement": {"juxtapleural": juxtapleural, "pleura_distance_mm": pleura_distance, "volume0_mm3": volume0},
         "timepoints": timepoints,
     }
+
+
+def reader_mark(centroid: np.ndarray, mask_z: tuple[int, int], shape: tuple[int, int, int], spacing: np.ndarray,
+                error_sd_mm: tuple[float, float, float], rng: np.random.Generator) -> dict[str, Any]:
+    """A reader's mark of the nodule: ``{"x", "y", "z1", "z2"}`` in voxels.
+
+    x, y: the mask centroid plus Normal(0, sd / spacing) voxels, kept inside the grid. z1..z2:
+    the mask's slice range ``mask_z`` shifted by round(Normal(0, sd_z / spacing_z)) slices, the
+    shift limited so the range stays inside the grid.
+    """
+    sd_voxels = np.asarray(error_sd_mm, dtype=float) / np.asarray(spacing, dtype=float)
+    error = rng.standard_normal(3) * sd_voxels
+    depth, height, width = shape
+    shift = int(np.clip(np.round(error[0]), -mask_z[0], depth - 1 - mask_z[1]))
+    return {"x": float(np.clip(centroid[2] + error[2], 0.0, width - 1)), "y": float(np.clip(centroid[1] + error[1], 0.0, height - 1)),
+            "z1": mask_z[0] + shift, "z2": mask_z[1] + shift}
 
 
 def _render_job(job: tuple) -> dict[str, Any]:
@@ -540,6 +587,13 @@ def _ground_truth(config: SynthConfig, table: pd.DataFrame, results: dict[str, d
         frame[f"mask_volume_{tp}_mm3"] = [
             next(t["mask_volume_mm3"] for t in results[pid]["timepoints"] if t["timepoint"] == tp) for pid in frame["patient_id"]
         ]
+    # the true nodule position (mask centroid and slice range, voxels), apart from the manifest's reader's mark
+    for tp in config.timepoint_names:
+        scans = [next(t for t in results[pid]["timepoints"] if t["timepoint"] == tp) for pid in frame["patient_id"]]
+        for axis, name in enumerate("zyx"):
+            frame[f"centroid_{name}_{tp}"] = [t["centroid"][axis] if t.get("centroid") is not None else np.nan for t in scans]
+        for end, name in enumerate(("z1", "z2")):
+            frame[f"mask_{name}_{tp}"] = [t["mask_z"][end] if t.get("mask_z") is not None else np.nan for t in scans]
     frame["juxtapleural"] = [int(results[pid]["placement"]["juxtapleural"]) for pid in frame["patient_id"]]
     first = ["patient_id", "label", "true_risk", "vdt_days", "oracle_posterior"]
     return frame[first + [c for c in frame.columns if c not in first]]
@@ -616,7 +670,7 @@ def _synthesize_locked(config: SynthConfig, out_dir: Path, workers: int | None, 
     cohort.write(work)
     truth = _ground_truth(config, table, results)
     write_text_atomic(work / "ground_truth.csv", truth.to_csv(index=False))
-    report = oracle_report(table, config.growth, config.include_spiculation)
+    report = oracle_report(table, config, bank, scores=stored_scores(table))
     write_oracle(work, report)
     write_text_atomic(work / "cohort.json", json.dumps({
         "name": f"synthetic-{config.name}",

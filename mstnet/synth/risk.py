@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.special import expit
+from scipy.special import expit, ndtr
 
 LN2 = float(np.log(2.0))
 
@@ -166,6 +166,14 @@ def _lognormal_rate_density(rate: np.ndarray, median_days: float, sigma: float) 
     return np.where(positive, np.exp(-0.5 * z**2) / (safe * sigma * np.sqrt(2 * np.pi)), 0.0)
 
 
+def _lognormal_rate_cdf(rate: np.ndarray, median_days: float | np.ndarray, sigma: float, upper: bool) -> np.ndarray:
+    """P(r <= rate) (``upper``: P(r > rate)) for r = ln2 / T, T ~ LogNormal(ln median_days, sigma)."""
+    rate = np.asarray(rate, float)
+    positive = rate > 0
+    z = (np.log(np.where(positive, rate, 1.0)) - (np.log(LN2) - np.log(median_days))) / sigma
+    return np.where(positive, ndtr(-z if upper else z), 1.0 if upper else 0.0)
+
+
 @dataclass(frozen=True)
 class GrowthModel:
     """Label- and texture-dependent growth, as volume doubling times (days).
@@ -236,6 +244,24 @@ class GrowthModel:
             self.benign_stable_fraction * np.exp(-0.5 * (rate / stable_sd) ** 2) / (stable_sd * np.sqrt(2 * np.pi))
             + self.benign_growing_fraction * _lognormal_rate_density(rate, self.benign_growing_vdt_median_days, self.benign_growing_vdt_sigma)
             + shrink_fraction * _lognormal_rate_density(-rate, self.benign_shrinking_halving_median_days, self.benign_shrinking_halving_sigma)
+        )
+
+    def cdf(self, rate: np.ndarray, label: int, texture: np.ndarray, upper: bool = False) -> np.ndarray:
+        """P(r <= rate | label, texture) (``upper``: P(r > rate)), exact distribution functions of :meth:`sample_rate`.
+
+        Any shape of ``rate``; ``texture`` broadcasts against it (it matters for cancers only).
+        """
+        rate = np.asarray(rate, float)
+        if label == 1:
+            return _lognormal_rate_cdf(rate, self._malignant_median(np.atleast_1d(texture)).reshape(np.shape(texture)),
+                                       self.malignant_vdt_sigma, upper)
+        stable_sd = LN2 / self.benign_stable_vdt_scale_days
+        shrink_fraction = 1.0 - self.benign_stable_fraction - self.benign_growing_fraction
+        return (
+            self.benign_stable_fraction * ndtr((-rate if upper else rate) / stable_sd)
+            + self.benign_growing_fraction * _lognormal_rate_cdf(rate, self.benign_growing_vdt_median_days, self.benign_growing_vdt_sigma, upper)
+            # a shrinking nodule's rate is minus a log-normal rate: r <= x  <=>  -r >= -x
+            + shrink_fraction * _lognormal_rate_cdf(-rate, self.benign_shrinking_halving_median_days, self.benign_shrinking_halving_sigma, not upper)
         )
 
     def log_likelihood_ratio(self, rate: np.ndarray, texture: np.ndarray) -> np.ndarray:

@@ -30,6 +30,10 @@ REQUIRED_MANIFEST_COLUMNS: tuple[str, ...] = ("patient_id", "timepoint", "days",
 
 NODULE_COLUMNS: tuple[str, ...] = ("nodule_x", "nodule_y", "nodule_z1", "nodule_z2")
 
+UNLABELLED = -1
+"""The label of a patient without one, read with ``require_labels=False`` (cases to predict): a
+placeholder that nothing reads; scoring such a patient is refused."""
+
 
 def read_csv_text(path: Path) -> pd.DataFrame:
     """A CSV with every cell as a stripped string (empty for missing), so we parse values ourselves."""
@@ -131,7 +135,7 @@ def manifest_path(source: str | Path) -> Path:
 
 
 def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | Mapping | str | Path | None = None,
-                         name: str | None = None) -> Cohort:
+                         name: str | None = None, require_labels: bool = True) -> Cohort:
     """Read a cohort from a folder holding ``manifest.csv`` (or from the manifest file itself).
 
     Args:
@@ -140,6 +144,8 @@ def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | M
         clinical_schema: overrides ``clinical_schema.json``: a :class:`ClinicalSchema`, its JSON
             dict or a path to a JSON file.
         name: the cohort's name; default: the folder's name.
+        require_labels: ``False`` (new cases to predict, ``mstnet predict``): the ``label``
+            column may be absent or empty; a patient without a label gets :data:`UNLABELLED`.
 
     Returns:
         A :class:`Cohort` with absolute paths (relative ones resolved against the manifest's
@@ -151,7 +157,7 @@ def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | M
     path = manifest_path(source)
     folder = path.parent.resolve()
     frame = read_csv_text(path)
-    missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in frame.columns]
+    missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in frame.columns and (require_labels or c != "label")]
     if missing:
         raise CohortError([Problem(f"column is missing (expected columns {', '.join(MANIFEST_COLUMNS)})", column=c, file=str(path))
                            for c in missing])
@@ -185,7 +191,8 @@ def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | M
             days = math.nan
         label: int | None = None
         try:
-            label = parse_label(row["label"])
+            if require_labels or row.get("label", "") != "":
+                label = parse_label(row["label"])
         except ValueError:
             problem(f"label must be 0 (benign) or 1 (malignant), got {row['label']!r}", "label")
         if row["image"] == "":
@@ -234,7 +241,7 @@ def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | M
         raise CohortError(problems)
 
     patients = tuple(
-        Patient(patient_id, next(iter(labels)) if labels else -1, tuple(scans), records.get(patient_id, {}))
+        Patient(patient_id, next(iter(labels)) if labels else UNLABELLED, tuple(scans), records.get(patient_id, {}))
         for patient_id, (scans, labels) in patients_rows.items()
     )
     return Cohort(patients, schema, root=folder, name=name or folder.name)

@@ -50,6 +50,10 @@ NLST_DEFAULT_DAYS: dict[str, float] = {"T0": 0.0, "T1": 365.0, "T2": 730.0}
 
 NLST_CLINICAL_ID = "pid"
 
+NLST_CLINICAL_SOURCES: dict[str, str] = {"scr_res0": "screening", "scr_iso0": "screening"}
+"""Sources of the NLST clinical columns that are not ``history`` (the two T0 screening-result
+columns); race, cigsmok, gender and age are ``history``."""
+
 
 def find_annotation_csv(folder: Path) -> Path | None:
     """The CSV in ``folder`` whose header has ``Subject ID`` and ``study_yr`` (``nodules.csv`` first)."""
@@ -78,7 +82,8 @@ def load_nlst_cohort(folder: str | Path, annotations_csv: str | Path | None = No
         mask_dir: folder of the masks (same names); default ``folder/masks`` if it exists, else none.
         clinical_csv: default ``folder/clinical.csv`` if it exists (keyed by ``pid``).
         days: days since T0 per ``study_yr``; default :data:`NLST_DEFAULT_DAYS`.
-        clinical_schema: default: the NLST columns of :mod:`mstnet.data.cohort` present in the CSV.
+        clinical_schema: default: the NLST columns of :mod:`mstnet.data.cohort` present in the CSV,
+            ``scr_res0`` and ``scr_iso0`` of source ``screening`` (:data:`NLST_CLINICAL_SOURCES`).
         name: default: the folder's name.
 
     Raises:
@@ -141,7 +146,8 @@ def load_nlst_cohort(folder: str | Path, annotations_csv: str | Path | None = No
         clinical_frame = read_csv_text(clinical_path)
         if clinical_schema is None:
             schema = ClinicalSchema(tuple(c for c in NLST_CLINICAL_CATEGORICAL if c in clinical_frame.columns),
-                                    tuple(c for c in NLST_CLINICAL_NUMERIC if c in clinical_frame.columns))
+                                    tuple(c for c in NLST_CLINICAL_NUMERIC if c in clinical_frame.columns),
+                                    sources={c: source for c, source in NLST_CLINICAL_SOURCES.items() if c in clinical_frame.columns})
         try:
             records = read_clinical_records(clinical_frame, NLST_CLINICAL_ID, schema, clinical_path)
         except CohortError as error:

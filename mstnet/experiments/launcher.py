@@ -1,0 +1,692 @@
+"""Run the experiment grid on SLURM, one job-array task per (experiment, fold), through submitit.
+
+``mstnet run|reproduce|ablate --launcher slurm`` hands the folds that
+:func:`mstnet.experiments.reproduce.run_group` would train here to a :class:`Launcher`:
+
+1. Everything is checked and the folder's files are written first, in the submitting process
+   (``preflight``, ``commit_runs``; the cohort, the embedded synthetic one included, is built
+   and cached by ``prepare_runs`` before that), so bad input fails before anything is submitted.
+2. Finished folds (``run.json`` present with the same configuration) are not submitted; every
+   other (experiment, fold) becomes one task of one SLURM job array (``executor.map_array``).
+   A task runs :func:`mstnet.experiments.runner.run_experiment` on its fold, which resumes an
+   unfinished fold from its ``last.pt``; results go to the shared results folder.
+3. The submitting process waits for the array (submitit's result files; ``squeue`` for the
+   tasks still queued or running, ``sacct`` for how the others ended where accounting is on), then reports each failed task with its id, its log
+   file and the last lines of its error, and which folds are missing (:class:`TasksFailed`).
+   Submitting the same command again runs only the missing folds.
+
+``mstnet tune --launcher slurm --slurm-workers K`` submits K tasks per outer fold, all joining
+that fold's Optuna study in one storage (:meth:`Launcher.run_tuning`).
+
+Settings (:class:`SlurmSettings`) come from ``--launcher-config FILE`` (TOML or JSON) and the
+command-line options, which win. Logs and submitit's files are kept in ``RUNS_DIR/.slurm/``.
+``backend="local"`` runs the same tasks as local processes through submitit's
+``LocalExecutor`` (the unit tests use it); ``--launcher local`` is the plain process pool.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mstnet.atomic import write_text_atomic
+from mstnet.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+LAUNCHERS = ("local", "slurm")
+SLURM_DIR = ".slurm"
+TASKS_FILE = "tasks.json"
+ERROR_LINES = 12
+# SLURM job states in which a task may still run (everything else has ended).
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED"}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """What each array task asks SLURM for, and how the launcher submits and waits.
+
+    Attributes:
+        partition: ``--partition`` (None: the cluster's default).
+        gpus_per_task: ``--gpus-per-task`` (None or 0: none).
+        cpus_per_task: ``--cpus-per-task`` (None: the cluster's default, usually 1); also the
+            task's torch threads.
+        mem_gb: ``--mem`` in GB (None: the cluster's default).
+        time_min: ``--time`` in minutes per task (default 24 h). A task that reaches it is
+            requeued by submitit and resumes from its last epoch.
+        sbatch: extra sbatch flags, ``{"account": "rad", "qos": "long", "exclusive": True}``.
+        setup: shell lines run in the batch script before the task (``module load ...``).
+        max_parallel: array tasks running at once (``--array=0-N%max_parallel``; None: 256).
+        job_name: ``--job-name``.
+        log_dir: submitit's folder (scripts, pickles, logs); default ``RUNS_DIR/.slurm``.
+        poll_s: seconds between checks of the array while waiting.
+    """
+
+    partition: str | None = None
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    time_min: int = 24 * 60
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    setup: tuple[str, ...] = ()
+    max_parallel: int | None = None
+    job_name: str = "mstnet"
+    log_dir: Path | None = None
+    poll_s: float = 5.0
+
+
+CONFIG_KEYS = {"partition": str, "gpus_per_task": int, "cpus_per_task": int, "mem_gb": (int, float),
+               "time": (int, str), "time_min": int, "sbatch": dict, "setup": list, "max_parallel": int,
+               "job_name": str, "log_dir": str, "poll_s": (int, float)}
+
+
+def parse_time(value: int | str) -> int:
+    """A SLURM time limit as minutes: ``90``, ``"90"``, ``"MM:SS"``, ``"HH:MM:SS"``, ``"D-HH[:MM[:SS]]"``.
+
+    Raises:
+        UsageError: anything else, or a limit under one minute.
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"time limit {value!r}: give minutes or [D-]HH:MM:SS")
+    if isinstance(value, int):
+        minutes = value
+    else:
+        text = str(value).strip()
+        match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+        if not match:
+            raise UsageError(f"time limit {value!r}: give minutes or [D-]HH:MM:SS, e.g. 90, 12:00:00, 2-00:00:00")
+        days, first, second, third = match.groups()
+        numbers = [int(part) for part in (first, second, third) if part is not None]
+        if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+            hours, mins, secs = (numbers + [0, 0])[:3]
+            minutes = int(days) * 1440 + hours * 60 + mins + (secs + 59) // 60
+        elif len(numbers) == 1:  # MM
+            minutes = numbers[0]
+        elif len(numbers) == 2:  # MM:SS
+            minutes = numbers[0] + (numbers[1] + 59) // 60
+        else:  # HH:MM:SS
+            minutes = numbers[0] * 60 + numbers[1] + (numbers[2] + 59) // 60
+    if minutes < 1:
+        raise UsageError(f"time limit {value!r}: at least one minute")
+    return minutes
+
+
+def parse_sbatch_flags(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["account=rad", "--qos=long", "exclusive"]`` -> ``{"account": "rad", "qos": "long", "exclusive": True}``."""
+    flags: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise UsageError(f"--sbatch takes KEY=VALUE (an sbatch long option without its dashes); got {item!r}")
+        flags[key] = value if sep else True
+    return flags
+
+
+def read_launcher_config(path: Path) -> dict[str, Any]:
+    """The settings of a ``--launcher-config`` file: TOML (``.toml``) or JSON, at top level or under ``[slurm]``.
+
+    Raises:
+        UsageError: a missing or unreadable file, an unknown key, a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--launcher-config {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ModuleNotFoundError:
+        raise UsageError(f"--launcher-config {path}: reading TOML on Python 3.10 needs `pip install tomli`; "
+                         "or write the file as JSON") from None
+    except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise UsageError(f"--launcher-config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--launcher-config {path}: expected a table of settings, got {type(data).__name__}")
+    if isinstance(data.get("slurm"), dict):
+        data = data["slurm"]
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise UsageError(f"--launcher-config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}")
+    for key, value in data.items():
+        kind = CONFIG_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise UsageError(f"--launcher-config {path}: {key} must be {names}; got {value!r}")
+    return data
+
+
+def slurm_settings(config: Path | None = None, partition: str | None = None, gpus_per_task: int | None = None,
+                   cpus_per_task: int | None = None, mem_gb: float | None = None, time_limit: str | None = None,
+                   sbatch: Sequence[str] | None = None, runs_dir: Path | None = None) -> SlurmSettings:
+    """The settings of a launch: the config file's, then the command line's (which win)."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        data = read_launcher_config(config)
+        for key, value in data.items():
+            if key in ("time", "time_min"):
+                values["time_min"] = parse_time(value)
+            elif key == "setup":
+                values["setup"] = tuple(str(line) for line in value)
+            elif key == "log_dir":
+                values["log_dir"] = Path(value).expanduser()
+            elif key == "sbatch":
+                values["sbatch"] = {str(k).lstrip("-"): v for k, v in value.items()}
+            else:
+                values[key] = value
+    overrides = {"partition": partition, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
+                 "mem_gb": mem_gb}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if time_limit is not None:
+        values["time_min"] = parse_time(int(time_limit) if str(time_limit).isdigit() else time_limit)
+    if sbatch:
+        values["sbatch"] = {**values.get("sbatch", {}), **parse_sbatch_flags(sbatch)}
+    if values.get("log_dir") is None and runs_dir is not None:
+        values["log_dir"] = Path(runs_dir) / SLURM_DIR
+    for key in ("gpus_per_task", "cpus_per_task", "max_parallel", "mem_gb", "poll_s"):
+        if values.get(key) is not None and values[key] < (0 if key == "gpus_per_task" else 0.001):
+            raise UsageError(f"launcher setting {key} must be positive; got {values[key]!r}")
+    return SlurmSettings(**values)
+
+
+def make_launcher(launcher: str, runs_dir: Path, device: str = "auto", config: Path | None = None,
+                  partition: str | None = None, gpus_per_task: int | None = None, cpus_per_task: int | None = None,
+                  mem_gb: float | None = None, time_limit: str | None = None,
+                  sbatch: Sequence[str] | None = None) -> "Launcher | None":
+    """The launcher of ``--launcher``: None for ``local`` (the process pool), a :class:`Launcher` for ``slurm``.
+
+    Raises:
+        UsageError: an unknown launcher, SLURM options without ``--launcher slurm``, bad settings,
+            or ``slurm`` where ``sbatch`` is not on the PATH.
+    """
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}; got {launcher!r}")
+    given = {"--launcher-config": config, "--partition": partition, "--gpus-per-task": gpus_per_task,
+             "--cpus-per-task": cpus_per_task, "--mem-gb": mem_gb, "--time": time_limit, "--sbatch": sbatch or None}
+    if launcher == "local":
+        used = [name for name, value in given.items() if value is not None]
+        if used:
+            raise UsageError(f"{', '.join(used)} only apply with --launcher slurm")
+        return None
+    settings = slurm_settings(config, partition, gpus_per_task, cpus_per_task, mem_gb, time_limit, sbatch, runs_dir)
+    if shutil.which("sbatch") is None:
+        raise UsageError("--launcher slurm: sbatch is not on the PATH (submit from a SLURM login node; "
+                         "scripts/slurm-local-cluster start makes a one-node cluster on this machine)")
+    return Launcher(settings, backend="slurm", device=device)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def train_fold(name: str, prepared: Any, options: Any, fold: int) -> None:
+    """What one array task does: :func:`run_experiment` on one fold (skips it when finished, resumes it when not)."""
+    from mstnet.experiments.registry import get_experiment
+    from mstnet.experiments.runner import run_experiment
+
+    run_experiment(get_experiment(name), prepared.cohort, prepared.splits, prepared.runs_dir, options, folds=[fold])
+
+
+def _start_task() -> None:
+    """In the task's process: the package's INFO log to the task's stderr log, and torch's threads
+    to the CPUs SLURM gave the task (``--cpus-per-task``, else the job's CPUs on the node): torch's
+    default, one thread per core of the node, would oversubscribe a node shared by several tasks."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for variable in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            torch.set_num_threads(int(value))
+            break
+
+
+try:
+    from submitit.helpers import Checkpointable as _Checkpointable
+except ModuleNotFoundError:  # submitit missing: --launcher slurm fails in Launcher(); local runs are unaffected
+    _Checkpointable = object  # type: ignore[assignment,misc]
+
+
+class FoldTask(_Checkpointable):  # type: ignore[misc,valid-type]
+    """One (experiment, fold) as a submitit callable; requeued with the same arguments when its time
+    limit comes (submitit's ``Checkpointable``), so the fold resumes from ``last.pt``."""
+
+    def __init__(self, prepared: Any, options: Any, device: str = "auto", runner: Callable[..., Any] | None = None):
+        self.prepared, self.options, self.device, self.runner = prepared, options, device, runner
+
+    def __call__(self, name: str, fold: int) -> dict[str, Any]:
+        from mstnet.experiments.runner import fold_is_complete
+        from mstnet.experiments.training import resolve_device
+
+        _start_task()
+        options = replace(self.options, device=resolve_device(self.device), progress=False)
+        (self.runner or train_fold)(name, self.prepared, options, fold)
+        return {"experiment": name, "fold": fold,
+                "complete": fold_is_complete(self.prepared.runs_dir, name, fold, self.prepared.splits)}
+
+
+class TuneTask(_Checkpointable):  # type: ignore[misc,valid-type]
+    """One Optuna worker on one outer fold: :func:`mstnet.experiments.tuning.tune` with fixed arguments."""
+
+    def __init__(self, arguments: dict[str, Any]):
+        self.arguments = arguments
+
+    def __call__(self, fold: int, worker: int) -> dict[str, Any]:
+        from mstnet.experiments.tuning import tune
+
+        _start_task()
+        arguments = dict(self.arguments)
+        if arguments.get("seed") is not None:
+            arguments["seed"] = int(arguments["seed"]) + worker  # workers explore apart
+        study = tune(fold=fold, study_name=arguments.pop("study_names")[fold], **arguments)
+        return {"fold": fold, "worker": worker, "study": study.study_name, "trials": len(study.trials)}
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that ended without its result: the id, what it ran, how it ended and where its log is."""
+
+    task_id: str
+    label: str
+    state: str
+    log_path: Path
+    last_lines: tuple[str, ...]
+
+    def describe(self) -> str:
+        lines = [f"task {self.task_id} ({self.label}): {self.state}; log {self.log_path}"]
+        lines += [f"    | {line}" for line in self.last_lines] or ["    | (the log is empty)"]
+        return "\n".join(lines)
+
+
+class TasksFailed(RuntimeError):
+    """Tasks of an array failed; ``missing`` names the folds without results (rerun the command to resume them)."""
+
+    exit_code = 1
+
+    def __init__(self, failures: Sequence[TaskFailure], missing: Sequence[str], total: int):
+        self.failures, self.missing, self.total = list(failures), list(missing), total
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        lines = [f"{len(self.failures)} of {self.total} task(s) failed:"] if self.failures else []
+        lines += [failure.describe() for failure in self.failures]
+        if self.missing:
+            lines.append(f"missing folds ({len(self.missing)}): {', '.join(self.missing)}; "
+                         "the same command resubmits only these, and unfinished ones resume from their last epoch")
+        return "\n".join(lines)
+
+
+def _tail(path: Path, lines: int = ERROR_LINES) -> tuple[str, ...]:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ()
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return tuple(kept[-lines:])
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+
+def _base_state(text: str) -> str:
+    """``"CANCELLED by 0"`` -> ``"CANCELLED"``."""
+    return text.strip().split(" ")[0].upper() if text.strip() else "UNKNOWN"
+
+
+class SchedulerUnavailable(RuntimeError):
+    """``squeue`` did not answer (the controller is down or busy)."""
+
+
+def scheduler_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """SLURM's state of each array task id (``"57_3"``).
+
+    ``squeue`` says which tasks are still queued or running (it knows a job as soon as sbatch
+    returns); for the others, ``sacct`` says how they ended where accounting is on. A task that
+    neither knows is left out (``squeue`` forgets ended jobs after ``MinJobAge``).
+
+    Raises:
+        SchedulerUnavailable: ``squeue`` failed.
+    """
+    wanted = {str(job_id) for job_id in job_ids}
+    if not wanted:
+        return {}
+    squeue = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-u", getpass.getuser()],
+                            capture_output=True, text=True)
+    if squeue.returncode != 0:
+        raise SchedulerUnavailable((squeue.stderr or squeue.stdout).strip() or f"squeue exited with {squeue.returncode}")
+    states: dict[str, str] = {}
+    for line in squeue.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in wanted:
+            states[parts[0]] = _base_state(parts[1])
+    ended = {job_id for job_id in wanted if states.get(job_id) not in ACTIVE_STATES}
+    if not ended or shutil.which("sacct") is None:
+        return states
+    arrays = sorted({job_id.split("_")[0] for job_id in ended})
+    sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+                           capture_output=True, text=True)
+    if sacct.returncode != 0:  # accounting off ("Slurm accounting storage is disabled")
+        return states
+    for line in sacct.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        job_id = job_id.strip()
+        match = re.fullmatch(r"(\d+)_\[(.+)\]", job_id)  # tasks that never started: "57_[3-9%2]"
+        ids = [f"{match.group(1)}_{task}" for task in _expand_ranges(match.group(2))] if match else [job_id]
+        for task_id in ids:
+            if task_id in ended:
+                states[task_id] = _base_state(state)
+    return states
+
+
+def _expand_ranges(text: str) -> list[int]:
+    """``"3-5,8%2"`` -> ``[3, 4, 5, 8]``."""
+    numbers: list[int] = []
+    for part in text.split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit():
+            numbers += list(range(int(low), int(high) + 1)) if high.isdigit() else [int(low)]
+    return numbers
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def pending_folds(prepared: Any, specs: Sequence[Any], folds: Sequence[int]) -> list[tuple[str, int]]:
+    """The array's tasks: every (experiment, fold) without a complete ``run.json``, experiment by experiment."""
+    from mstnet.experiments.runner import fold_is_complete
+
+    return [(spec.name, fold) for spec in specs for fold in folds
+            if not fold_is_complete(prepared.runs_dir, spec.name, fold, prepared.splits)]
+
+
+@dataclass
+class _Pending:
+    key: str
+    label: str
+    job: Any
+    missing_polls: int = 0
+
+
+class Launcher:
+    """Submits tasks as one submitit job array and waits for them.
+
+    Args:
+        settings: what each task asks for (:class:`SlurmSettings`).
+        backend: ``"slurm"`` (sbatch) or ``"local"`` (submitit's ``LocalExecutor``: the same
+            tasks as local processes; used by the tests).
+        device: the device each task resolves where it runs (``auto``: its CUDA GPU when it has one).
+    """
+
+    def __init__(self, settings: SlurmSettings, backend: str = "slurm", device: str = "auto"):
+        try:
+            import submitit  # noqa: F401
+        except ModuleNotFoundError:
+            raise UsageError("--launcher slurm needs submitit: pip install submitit") from None
+        if backend not in ("slurm", "local"):
+            raise ValueError(f"backend must be slurm or local; got {backend!r}")
+        self.settings, self.backend, self.device = settings, backend, device
+
+    # -- submission
+
+    def sbatch_parameters(self) -> dict[str, Any]:
+        """The parameters of submitit's ``SlurmExecutor`` (hence of the batch script) for these settings."""
+        settings = self.settings
+        parameters: dict[str, Any] = {"time": settings.time_min, "job_name": settings.job_name,
+                                      "additional_parameters": dict(settings.sbatch), "setup": list(settings.setup)}
+        if settings.partition:
+            parameters["partition"] = settings.partition
+        if settings.gpus_per_task:
+            parameters["gpus_per_task"] = settings.gpus_per_task
+        if settings.cpus_per_task:
+            parameters["cpus_per_task"] = settings.cpus_per_task
+        if settings.mem_gb:
+            parameters["mem"] = f"{max(1, int(round(settings.mem_gb * 1024)))}M"
+        if settings.max_parallel:
+            parameters["array_parallelism"] = settings.max_parallel
+        return parameters
+
+    def executor(self, folder: Path) -> Any:
+        import submitit
+
+        if self.backend == "local":
+            executor = submitit.LocalExecutor(folder=str(folder))
+            executor.update_parameters(timeout_min=self.settings.time_min)
+            return executor
+        executor = submitit.SlurmExecutor(folder=str(folder))
+        executor.update_parameters(**self.sbatch_parameters())
+        return executor
+
+    def _folder(self, runs_dir: Path) -> Path:
+        folder = Path(self.settings.log_dir or Path(runs_dir) / SLURM_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _refuse_active(self, folder: Path, keys: Sequence[str]) -> None:
+        """Refuse to submit a fold that an earlier array of this folder still has queued or running."""
+        record = folder / TASKS_FILE
+        if self.backend != "slurm" or not record.exists():
+            return
+        earlier = {key: job_id for key, job_id in json.loads(record.read_text()).items() if key in keys}
+        if not earlier:
+            return
+        states = scheduler_states(list(earlier.values()))
+        active = {key: job_id for key, job_id in earlier.items() if states.get(job_id) in ACTIVE_STATES}
+        if active:
+            arrays = sorted({job_id.split("_")[0] for job_id in active.values()})
+            raise UsageError("still queued or running from an earlier submission: "
+                             f"{', '.join(f'{key} (task {job_id}, {states[job_id]})' for key, job_id in active.items())}; "
+                             f"wait for them to end or scancel {' '.join(arrays)}, then submit again")
+
+    def _record(self, folder: Path, submitted: dict[str, str]) -> None:
+        record = folder / TASKS_FILE
+        known = json.loads(record.read_text()) if record.exists() else {}
+        write_text_atomic(record, json.dumps({**known, **submitted}, indent=2, sort_keys=True) + "\n")
+
+    def submit(self, function: Callable[..., Any], arguments: Sequence[tuple], keys: Sequence[str],
+               labels: Sequence[str], runs_dir: Path) -> list[_Pending]:
+        """Submit ``function(*arguments[i])`` for every i as one array; returns the pending tasks."""
+        folder = self._folder(runs_dir)
+        self._refuse_active(folder, keys)
+        executor = self.executor(folder)
+        jobs = executor.map_array(function, *zip(*arguments))
+        self._record(folder, {key: str(job.job_id) for key, job in zip(keys, jobs)})
+        first = str(jobs[0].job_id).split("_")[0]
+        log.info("submitted %d task(s) as %s array %s; logs in %s", len(jobs), self.backend, first, folder)
+        return [_Pending(key, label, job) for key, label, job in zip(keys, labels, jobs)]
+
+    # -- waiting
+
+    def wait(self, pending: Sequence[_Pending]) -> tuple[list[tuple[_Pending, Any]], list[TaskFailure]]:
+        """Wait until every task has ended; ``(results, failures)``.
+
+        A task has ended when submitit's result file is there (a result or a Python error), or when
+        SLURM no longer runs it (cancelled, killed, timed out, out of memory, a node failure).
+        """
+        from submitit.core.utils import pickle_load
+
+        waiting, results, failures = list(pending), [], []
+        total, reported, clock = len(pending), -1, time.monotonic()
+        try:
+            while waiting:
+                try:
+                    states = scheduler_states([str(p.job.job_id) for p in waiting]) if self.backend == "slurm" else {}
+                except SchedulerUnavailable as error:
+                    log.warning("squeue failed (%s); trying again in %.0f s", error, self.settings.poll_s)
+                    time.sleep(self.settings.poll_s)
+                    continue
+                still = []
+                for task in waiting:
+                    job = task.job
+                    result_file = Path(job.paths.result_pickle)
+                    if result_file.exists():
+                        outcome, value = _load_result(pickle_load, result_file)
+                        if outcome == "success":
+                            results.append((task, value))
+                        else:
+                            failures.append(self._failure(task, "FAILED (Python error)"))
+                        continue
+                    if self.backend == "local":
+                        if job.done():
+                            failures.append(self._failure(task, "ended without a result"))
+                        else:
+                            still.append(task)
+                        continue
+                    state = states.get(str(job.job_id))
+                    if state in ACTIVE_STATES:
+                        still.append(task)
+                        continue
+                    # Ended (or forgotten by squeue) without a result file: give a shared file
+                    # system two more looks before calling it a failure.
+                    task.missing_polls += 1
+                    if task.missing_polls < 3 and state in (None, "COMPLETED", "UNKNOWN"):
+                        still.append(task)
+                        continue
+                    failures.append(self._failure(task, state or "ended (no longer known to squeue)"))
+                waiting = still
+                done = total - len(waiting)
+                if done != reported:
+                    log.info("%d of %d task(s) ended (%d failed), %.0f s", done, total, len(failures),
+                             time.monotonic() - clock)
+                    reported = done
+                if waiting:
+                    time.sleep(self.settings.poll_s)
+        except KeyboardInterrupt:
+            ids = sorted({str(p.job.job_id).split("_")[0] for p in waiting})
+            log.warning("stopped waiting: the array keeps running (scancel %s stops it); the same command "
+                        "waits for nothing it finished and resubmits the rest once it has ended", " ".join(ids))
+            raise
+        return results, failures
+
+    @staticmethod
+    def _failure(task: _Pending, state: str) -> TaskFailure:
+        job = task.job
+        stderr, stdout = Path(job.paths.stderr), Path(job.paths.stdout)
+        lines = _tail(stderr) or _tail(stdout)
+        return TaskFailure(str(job.job_id), task.label, state, stderr if stderr.exists() or not stdout.exists() else stdout,
+                           lines)
+
+    # -- what the commands call
+
+    def run_folds(self, prepared: Any, specs: Sequence[Any], options: Any, folds: Sequence[int],
+                  runner: Callable[..., Any] | None = None) -> list[tuple[str, int]]:
+        """Train every unfinished (experiment, fold) as one array task; returns the tasks submitted.
+
+        ``run_group`` calls this after its checks and ``commit_runs``. ``runner(name, prepared,
+        options, fold)`` replaces :func:`train_fold` (tests).
+
+        Raises:
+            TasksFailed: a task failed, or a fold has no results after the array.
+        """
+        from mstnet.experiments.runner import fold_is_complete
+
+        todo = pending_folds(prepared, specs, folds)
+        skipped = len(specs) * len(folds) - len(todo)
+        if skipped:
+            log.info("%d fold(s) already complete with the same configuration: not submitted", skipped)
+        if not todo:
+            return []
+        # Tasks start in the submitting folder (sbatch's default); absolute paths do not depend on it.
+        prepared = replace(prepared, runs_dir=Path(prepared.runs_dir).resolve())
+        options = replace(options, progress=False,
+                          cache_dir=Path(options.cache_dir).resolve() if options.cache_dir is not None else None)
+        task = FoldTask(prepared, options, device=self.device, runner=runner)
+        pending = self.submit(task, todo, [f"{name}/fold{fold}" for name, fold in todo],
+                              [f"{name} fold {fold}" for name, fold in todo], prepared.runs_dir)
+        _, failures = self.wait(pending)
+        missing = [f"{name} fold {fold}" for spec in specs for fold in folds
+                   for name in [spec.name] if not fold_is_complete(prepared.runs_dir, name, fold, prepared.splits)]
+        if failures or missing:
+            raise TasksFailed(failures, missing, len(todo))
+        return todo
+
+    def run_tuning(self, arguments: dict[str, Any], folds: Sequence[int], workers: int,
+                   study_names: dict[int, str]) -> list[dict[str, Any]]:
+        """``workers`` Optuna workers per outer fold, each running ``arguments["n_trials"]`` trials of
+        that fold's study (``study_names[fold]``) in the shared storage.
+
+        Raises:
+            TasksFailed: a worker failed (the studies keep every trial that finished).
+        """
+        runs_dir = Path(arguments["runs_dir"]).resolve()
+        arguments = {**arguments, "runs_dir": runs_dir,
+                     "data": Path(arguments["data"]).resolve() if arguments.get("data") is not None else None}
+        tasks = [(fold, worker) for fold in folds for worker in range(workers)]
+        task = TuneTask({**arguments, "study_names": dict(study_names), "progress": False})
+        pending = self.submit(task, tasks, [f"tune/{study_names[f]}/worker{w}" for f, w in tasks],
+                              [f"tuning fold {f}, worker {w}" for f, w in tasks], runs_dir)
+        results, failures = self.wait(pending)
+        if failures:
+            raise TasksFailed(failures, [], len(tasks))
+        return [value for _, value in results]
+
+
+def _load_result(pickle_load: Callable[[Path], Any], path: Path) -> tuple[str, Any]:
+    """submitit's result file: ``("success", value)`` or ``("error", traceback)``; retried while it is being written."""
+    for attempt in range(5):
+        try:
+            outcome, value = pickle_load(path)
+            return str(outcome), value
+        except (EOFError, OSError, ValueError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def check_tuning(name: str, preset: str, runs_dir: Path, folds: Sequence[int], study_names: dict[int, str],
+                 storage: str, data: Path | None = None, epochs: int | None = None, params: dict[str, Any] | None = None,
+                 split_seed: int = 0, binarize_masks: str | None = None) -> None:
+    """The checks :func:`mstnet.experiments.tuning.tune` makes, in the submitting process, for every fold,
+    then the folder's files and the studies (so workers only join them)."""
+    import optuna
+    import torch
+
+    from mstnet.experiments.presets import run_preset
+    from mstnet.experiments.registry import get_experiment
+    from mstnet.experiments.reproduce import commit_runs, preflight, prepare_runs
+    from mstnet.experiments.runner import RunOptions
+    from mstnet.experiments.tuning import make_storage, study_dir
+
+    spec = get_experiment(name)
+    if spec.kind != "torch":
+        raise UsageError(f"experiment {name!r} is {spec.kind}; tuning trains torch experiments only")
+    options = RunOptions(preset=run_preset(preset, epochs=epochs), device=torch.device("cpu"), params=dict(params or {}),
+                         cache_dir=Path(runs_dir) / ".cache", progress=False, evaluate_test=False)
+    prepared = prepare_runs(Path(runs_dir), options.preset, data=data, seed=split_seed, write=False,
+                            binarize_masks=binarize_masks)
+    for fold in folds:
+        base = study_dir(Path(runs_dir), name, study_names[fold])
+        preflight(replace(prepared, runs_dir=base / "preflight"), [spec], options, [fold])
+    commit_runs(prepared)
+    for fold in folds:
+        optuna.create_study(study_name=study_names[fold], storage=make_storage(storage), direction="maximize",
+                            load_if_exists=True)
+
+
+__all__ = [
+    "LAUNCHERS", "FoldTask", "Launcher", "SlurmSettings", "TaskFailure", "TasksFailed", "TuneTask", "check_tuning",
+    "make_launcher", "parse_sbatch_flags", "pending_folds", "parse_time", "read_launcher_config", "scheduler_states", "slurm_settings",
+    "train_fold",
+]
