@@ -86,10 +86,12 @@ def clinical_categories(config: SynthConfig) -> dict[str, tuple[str, ...]]:
             "upper_lobe": binary, "nodule_type": TEXTURES, "spiculated": binary}
 
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Part of every cohort's fingerprint: bumped when the same parameters give other files, so a
 cached cohort is regenerated. 3: the manifest's nodule location is a reader's mark (mask
-centroid plus a drawn error, ``mark_error_sd_mm``); ground_truth.csv gains the mask centroids."""
+centroid plus a drawn error, ``mark_error_sd_mm``); ground_truth.csv gains the mask centroids.
+4: oracle.json and the ``oracle_*`` columns hold the Bayes-optimal AUC of every information
+set (:mod:`mstnet.synth.information_sets`); clinical_schema.json gains sources and categories."""
 
 _MARK_STREAM = 0x6D61726B
 """Spawn-key entry of the reader's-mark stream, apart from the image draws (images and masks do not change with it)."""
