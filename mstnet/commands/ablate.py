@@ -25,6 +25,7 @@ from mstnet.commands.experiments import (
     MLFLOW_URI_HELP,
     OVERWRITE_HELP,
     PLAIN_HELP,
+    SEEDS_OPTION,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value for every model (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
+        seeds: int = SEEDS_OPTION,
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
         plain: bool = typer.Option(False, "--plain", help=f"with --list: {PLAIN_HELP}: {', '.join(ABLATION_COLUMNS)}"),
@@ -130,9 +132,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
         fold_list = parse_folds(folds)
         console.print(f"{len(specs)} experiments ({', '.join(s.name for s in specs)}) x "
-                      f"{len(fold_list or range(prepared.splits.n_folds))} folds on {len(prepared.cohort)} patients -> {out}")
+                      f"{len(fold_list or range(prepared.splits.n_folds))} folds"
+                      f"{f' x {seeds} seeds' if seeds > 1 else ''} on {len(prepared.cohort)} patients -> {out}")
         try:
-            run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite, launcher=launch)
+            run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite, launcher=launch, seeds=seeds)
         except TasksFailed as failed:
             from mstnet.commands.experiments import report_failed_tasks
 

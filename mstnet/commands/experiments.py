@@ -59,6 +59,9 @@ LOG_HELP = ("track every fold: 'tensorboard' (RUNS_DIR/<experiment>/fold<k>/tens
 MLFLOW_URI_HELP = "MLflow tracking URI or folder for --log mlflow (default: MLflow's local default, sqlite:///mlflow.db)"
 PLAIN_HELP = "one row per line, tab-separated, full names, no header (the default when stdout is not a terminal)"
 JSON_HELP = "print the listing as JSON"
+SEEDS_OPTION = typer.Option(1, "--seeds", min=1, help="train each (experiment, fold) N times with training seeds "
+                           "recipe seed + 0 .. N-1 on the same folds (seed s >= 1 in <experiment>/seed<s>/fold<k>/); "
+                           "the report shows the mean and spread over seeds")
 BINARIZE_HELP = "accept non-binary masks: 'nonzero' (value != 0) or 'half' (value >= 0.5) is foreground (default: refuse them)"
 
 # --launcher and the SLURM settings (mstnet/experiments/launcher.py), shared by run, reproduce, ablate and tune.
@@ -190,6 +193,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the folds"),
         jobs: int = typer.Option(1, min=1, help="folds trained in parallel processes"),
+        seeds: int = SEEDS_OPTION,
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
         params_from: str | None = typer.Option(None, "--params", help="'best': each fold gets the best trial of its own "
                                                "Optuna study (nested tuning, `mstnet tune`; --study, --storage); --set still wins"),
@@ -242,7 +246,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 storage or default_storage(out, name), study_prefix=study))
         prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
         try:
-            run_group(prepared, [spec], options, folds=fold_list, jobs=jobs, overwrite=overwrite, launcher=launch)
+            run_group(prepared, [spec], options, folds=fold_list, jobs=jobs, overwrite=overwrite, launcher=launch,
+                      seeds=seeds)
         except TasksFailed as failed:
             report_failed_tasks(failed)
         console.print(f"results in {out / spec.name.replace('/', '__')}")
@@ -260,6 +265,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
         seed: int = typer.Option(0, help="seed of the folds"),
         jobs: int | None = typer.Option(None, min=1, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
+        seeds: int = SEEDS_OPTION,
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
         binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
@@ -293,10 +299,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if target == "ablations":
             specs = list_experiments("mstnet") + specs
         console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "
+                      f"{f'x {seeds} seeds ' if seeds > 1 else ''}"
                       f"on {len(prepared.cohort)} patients -> {out}")
         try:
             run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs,
-                      overwrite=overwrite, launcher=launch)
+                      overwrite=overwrite, launcher=launch, seeds=seeds)
         except TasksFailed as failed:
             report_failed_tasks(failed, out, report_out, with_published=with_published and target == "paper-table")
         write_report(out, report_out, with_published=with_published and target == "paper-table")

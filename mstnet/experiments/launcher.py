@@ -1,4 +1,4 @@
-"""Run the experiment grid on SLURM, one job-array task per (experiment, fold), through submitit.
+"""Run the experiment grid on SLURM, one job-array task per (experiment, seed, fold), through submitit.
 
 ``mstnet run|reproduce|ablate --launcher slurm`` hands the folds that
 :func:`mstnet.experiments.reproduce.run_group` would train here to a :class:`Launcher`:
@@ -7,7 +7,8 @@
    (``preflight``, ``commit_runs``; the cohort, the embedded synthetic one included, is built
    and cached by ``prepare_runs`` before that), so bad input fails before anything is submitted.
 2. Finished folds (``run.json`` present with the same configuration) are not submitted; every
-   other (experiment, fold) becomes one task of one SLURM job array (``executor.map_array``).
+   other (experiment, fold) becomes one task of one SLURM job array (``executor.map_array``); with
+   ``--seeds N`` each training-seed replicate of it is a task of its own.
    A task runs :func:`mstnet.experiments.runner.run_experiment` on its fold, which resumes an
    unfinished fold from its ``last.pt``; results go to the shared results folder.
 3. The submitting process waits for the array (submitit's result files; ``squeue`` for the
@@ -239,7 +240,8 @@ def make_launcher(launcher: str, runs_dir: Path, device: str = "auto", config: P
 
 
 def train_fold(name: str, prepared: Any, options: Any, fold: int) -> None:
-    """What one array task does: :func:`run_experiment` on one fold (skips it when finished, resumes it when not)."""
+    """What one array task does: :func:`run_experiment` on one fold of seed replicate ``options.seed_index``
+    (skips it when finished, resumes it when not)."""
     from mstnet.experiments.registry import get_experiment
     from mstnet.experiments.runner import run_experiment
 
@@ -267,21 +269,21 @@ except ModuleNotFoundError:  # submitit missing: --launcher slurm fails in Launc
 
 
 class FoldTask(_Checkpointable):  # type: ignore[misc,valid-type]
-    """One (experiment, fold) as a submitit callable; requeued with the same arguments when its time
+    """One (experiment, fold, training-seed replicate) as a submitit callable; requeued with the same arguments when its time
     limit comes (submitit's ``Checkpointable``), so the fold resumes from ``last.pt``."""
 
     def __init__(self, prepared: Any, options: Any, device: str = "auto", runner: Callable[..., Any] | None = None):
         self.prepared, self.options, self.device, self.runner = prepared, options, device, runner
 
-    def __call__(self, name: str, fold: int) -> dict[str, Any]:
+    def __call__(self, name: str, fold: int, seed: int = 0) -> dict[str, Any]:
         from mstnet.experiments.runner import fold_is_complete
         from mstnet.experiments.training import resolve_device
 
         _start_task()
-        options = replace(self.options, device=resolve_device(self.device), progress=False)
+        options = replace(self.options, device=resolve_device(self.device), progress=False, seed_index=seed)
         (self.runner or train_fold)(name, self.prepared, options, fold)
-        return {"experiment": name, "fold": fold,
-                "complete": fold_is_complete(self.prepared.runs_dir, name, fold, self.prepared.splits)}
+        return {"experiment": name, "fold": fold, "seed": seed,
+                "complete": fold_is_complete(self.prepared.runs_dir, name, fold, self.prepared.splits, seed)}
 
 
 class TuneTask(_Checkpointable):  # type: ignore[misc,valid-type]
@@ -413,12 +415,22 @@ def _expand_ranges(text: str) -> list[int]:
 # --------------------------------------------------------------------------- the launcher
 
 
-def pending_folds(prepared: Any, specs: Sequence[Any], folds: Sequence[int]) -> list[tuple[str, int]]:
-    """The array's tasks: every (experiment, fold) without a complete ``run.json``, experiment by experiment."""
-    from mstnet.experiments.runner import fold_is_complete
+def pending_folds(prepared: Any, specs: Sequence[Any], folds: Sequence[int], seeds: int = 1) -> list[tuple]:
+    """The array's tasks: every (experiment, seed replicate, fold) without a complete ``run.json``, experiment
+    by experiment, seed by seed. A task is ``(experiment, fold)`` for replicate 0 and ``(experiment, fold,
+    seed)`` for replicate s >= 1, as its folder is ``<experiment>/fold<k>`` or ``<experiment>/seed<s>/fold<k>``."""
+    from mstnet.experiments.runner import fold_is_complete, training_seeds
 
-    return [(spec.name, fold) for spec in specs for fold in folds
-            if not fold_is_complete(prepared.runs_dir, spec.name, fold, prepared.splits)]
+    return [(spec.name, fold, seed) if seed else (spec.name, fold)
+            for spec in specs for seed in training_seeds(spec, seeds) for fold in folds
+            if not fold_is_complete(prepared.runs_dir, spec.name, fold, prepared.splits, seed)]
+
+
+def _task_names(task: tuple) -> tuple[str, str]:
+    """(key in ``tasks.json``, label in messages) of a task of :func:`pending_folds`."""
+    name, fold, seed = (*task, 0)[:3]
+    return (f"{name}/seed{seed}/fold{fold}" if seed else f"{name}/fold{fold}",
+            f"{name} seed {seed} fold {fold}" if seed else f"{name} fold {fold}")
 
 
 @dataclass
@@ -590,19 +602,20 @@ class Launcher:
     # -- what the commands call
 
     def run_folds(self, prepared: Any, specs: Sequence[Any], options: Any, folds: Sequence[int],
-                  runner: Callable[..., Any] | None = None) -> list[tuple[str, int]]:
-        """Train every unfinished (experiment, fold) as one array task; returns the tasks submitted.
+                  runner: Callable[..., Any] | None = None, seeds: int = 1) -> list[tuple]:
+        """Train every unfinished (experiment, seed replicate, fold) of ``seeds`` replicates as one array
+        task; returns the tasks submitted (:func:`pending_folds`).
 
         ``run_group`` calls this after its checks and ``commit_runs``. ``runner(name, prepared,
-        options, fold)`` replaces :func:`train_fold` (tests).
+        options, fold)`` (the replicate in ``options.seed_index``) replaces :func:`train_fold` (tests).
 
         Raises:
             TasksFailed: a task failed, or a fold has no results after the array.
         """
-        from mstnet.experiments.runner import fold_is_complete
+        from mstnet.experiments.runner import fold_is_complete, training_seeds
 
-        todo = pending_folds(prepared, specs, folds)
-        skipped = len(specs) * len(folds) - len(todo)
+        todo = pending_folds(prepared, specs, folds, seeds)
+        skipped = sum(len(training_seeds(spec, seeds)) for spec in specs) * len(folds) - len(todo)
         if skipped:
             log.info("%d fold(s) already complete with the same configuration: not submitted", skipped)
         if not todo:
@@ -612,11 +625,12 @@ class Launcher:
         options = replace(options, progress=False,
                           cache_dir=Path(options.cache_dir).resolve() if options.cache_dir is not None else None)
         task = FoldTask(prepared, options, device=self.device, runner=runner)
-        pending = self.submit(task, todo, [f"{name}/fold{fold}" for name, fold in todo],
-                              [f"{name} fold {fold}" for name, fold in todo], prepared.runs_dir)
+        names = [_task_names(item) for item in todo]
+        pending = self.submit(task, [(*item, 0)[:3] for item in todo], [key for key, _ in names],
+                              [label for _, label in names], prepared.runs_dir)
         _, failures = self.wait(pending)
-        missing = [f"{name} fold {fold}" for spec in specs for fold in folds
-                   for name in [spec.name] if not fold_is_complete(prepared.runs_dir, name, fold, prepared.splits)]
+        missing = [_task_names((spec.name, fold, seed))[1] for spec in specs for seed in training_seeds(spec, seeds)
+                   for fold in folds if not fold_is_complete(prepared.runs_dir, spec.name, fold, prepared.splits, seed)]
         if failures or missing:
             raise TasksFailed(failures, missing, len(todo))
         return todo

@@ -8,6 +8,12 @@ splits, and a folder made for another cohort or other folds is refused.
 (:func:`preflight`): the cohort against what the experiments need (one full read of every
 volume: :func:`mstnet.data.validate.validate_cohort`), the folds asked for, every
 experiment's settings, and each fold folder's configuration identity.
+
+``seeds`` (``--seeds N``) trains every (experiment, fold) N times with training seeds
+``recipe.seed + s``, s = 0 .. N - 1, on the same folds: replicate 0 in ``<experiment>/fold<k>/``
+(where a run without ``--seeds`` puts it), replicate s >= 1 in ``<experiment>/seed<s>/fold<k>/``
+(:func:`mstnet.experiments.runner.fold_dir_of`). Each (experiment, seed, fold) is checked,
+skipped, resumed and refused on its own, as a fold is without seeds.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from mstnet.errors import UsageError
 from mstnet.experiments.identity import refuse_conflicts
 from mstnet.experiments.presets import RunPreset
 from mstnet.experiments.registry import ExperimentSpec, list_experiments
-from mstnet.experiments.runner import RunOptions, check_experiment, fold_dir_of, run_experiment
+from mstnet.experiments.runner import RunOptions, check_experiment, fold_dir_of, run_experiment, training_seeds
 from mstnet.experiments.splits import Splits, make_splits
 
 log = logging.getLogger(__name__)
@@ -121,17 +127,19 @@ def cohort_needs(specs: Sequence[ExperimentSpec], n_folds: int) -> CohortNeeds:
 
 
 def preflight(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: RunOptions, folds: Sequence[int],
-              overwrite: bool = False) -> None:
+              overwrite: bool = False, seeds: int = 1) -> None:
     """Every check of a run, before anything is written.
 
     1. The cohort, against what ``specs`` need, reading every volume in full (all problems at once).
     2. The folds asked for exist.
     3. Every experiment's settings resolve (unknown ``--set`` keys and wrong types refused).
-    4. No fold folder holds another configuration; with ``overwrite``, such folds are removed.
+    4. No fold folder (of any of the ``seeds`` training-seed replicates) holds another
+       configuration; with ``overwrite``, such folds are removed.
 
     Raises:
         CohortError: the cohort's problems. UsageError: anything else.
     """
+    replicates = {spec.name: training_seeds(spec, seeds) for spec in specs}
     bad_folds = [fold for fold in folds if not 0 <= fold < prepared.splits.n_folds]
     if bad_folds:
         raise UsageError(f"--folds {','.join(map(str, bad_folds))}: no such fold; the folds are 0-{prepared.splits.n_folds - 1}")
@@ -140,12 +148,13 @@ def preflight(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: 
     problems = validate_cohort(prepared.cohort, cohort_needs(specs, prepared.splits.n_folds), read_data=True)
     if problems:
         raise CohortError(problems)
-    conflicts = [line for spec in specs
-                 for line in check_experiment(spec, prepared.cohort, prepared.splits, prepared.runs_dir, options, folds)]
+    conflicts = [line for spec in specs for seed in replicates[spec.name]
+                 for line in check_experiment(spec, prepared.cohort, prepared.splits, prepared.runs_dir,
+                                              options.for_seed(seed), folds)]
     if overwrite:
         for spec in specs:
-            for fold in folds:
-                folder = fold_dir_of(prepared.runs_dir, spec.name, fold)
+            for seed, fold in ((seed, fold) for seed in replicates[spec.name] for fold in folds):
+                folder = fold_dir_of(prepared.runs_dir, spec.name, fold, seed)
                 if any(line.startswith(f"{folder} ") for line in conflicts):
                     log.warning("--overwrite: removing %s", folder)
                     shutil.rmtree(folder)
@@ -153,41 +162,47 @@ def preflight(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: 
     refuse_conflicts(conflicts)
 
 
-def _run_one_fold(name: str, prepared: PreparedRuns, options: RunOptions, fold: int, threads: int) -> tuple[str, int]:
-    """Worker of :func:`run_group` with ``jobs > 1``: one (experiment, fold) in its own process."""
+def _run_one_fold(name: str, prepared: PreparedRuns, options: RunOptions, fold: int,
+                  threads: int) -> tuple[str, int, int]:
+    """Worker of :func:`run_group` with ``jobs > 1``: one (experiment, seed, fold) in its own process
+    (the seed replicate is ``options.seed_index``)."""
     import torch
 
     from mstnet.experiments.registry import get_experiment
 
     torch.set_num_threads(threads)
     run_experiment(get_experiment(name), prepared.cohort, prepared.splits, prepared.runs_dir, options, folds=[fold])
-    return name, fold
+    return name, options.seed_index, fold
 
 
 def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: RunOptions,
-              folds: Sequence[int] | None = None, jobs: int = 1, overwrite: bool = False, launcher=None) -> None:
-    """Run every experiment of ``specs`` on the prepared folds (finished folds are skipped).
+              folds: Sequence[int] | None = None, jobs: int = 1, overwrite: bool = False, launcher=None,
+              seeds: int = 1) -> None:
+    """Run every experiment of ``specs`` on the prepared folds (finished folds are skipped), ``seeds``
+    times with training seeds ``recipe.seed + s`` (tabular experiments once; see the module docstring).
 
     :func:`preflight` runs first; only then are the folder's files written.
 
     With a ``launcher`` (:class:`mstnet.experiments.launcher.Launcher`, ``--launcher slurm``),
-    the unfinished (experiment, fold) pairs run as the tasks of one SLURM job array instead,
+    the unfinished (experiment, seed, fold) triples run as the tasks of one SLURM job array instead,
     after the same checks, and this waits for them (``jobs`` does not apply).
 
-    With ``jobs > 1``, (experiment, fold) pairs run in that many processes, sharing the
+    With ``jobs > 1``, (experiment, seed, fold) triples run in that many processes, sharing the
     machine's cores between them (each fold writes only its own folder, atomically).
     Small 3D networks on a CPU use several processes better than several threads.
     """
     folds = list(folds) if folds is not None else list(range(prepared.splits.n_folds))
-    preflight(prepared, specs, options, folds, overwrite=overwrite)
+    preflight(prepared, specs, options, folds, overwrite=overwrite, seeds=seeds)
     commit_runs(prepared)
     if launcher is not None:
-        launcher.run_folds(prepared, specs, options, folds)
+        launcher.run_folds(prepared, specs, options, folds, seeds=seeds)
         return
     if jobs <= 1:
         for index, spec in enumerate(specs, start=1):
             log.info("[%d/%d] %s", index, len(specs), spec.name)
-            run_experiment(spec, prepared.cohort, prepared.splits, prepared.runs_dir, options, folds=folds)
+            for seed in training_seeds(spec, seeds):
+                run_experiment(spec, prepared.cohort, prepared.splits, prepared.runs_dir, options.for_seed(seed),
+                               folds=folds)
         return
     import multiprocessing
     import os
@@ -200,12 +215,13 @@ def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: 
     # Dense-prediction networks cost several times a classifier's step: start them first so
     # the short classification folds fill the end and both processes finish together.
     ordered = sorted(specs, key=lambda spec: "segmentation" not in spec.tasks)
-    tasks = [(spec.name, fold) for spec in ordered for fold in folds]
+    tasks = [(spec.name, seed, fold) for spec in ordered for seed in training_seeds(spec, seeds) for fold in folds]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one_fold, name, prepared, worker_options, fold, threads) for name, fold in tasks]
+        futures = [pool.submit(_run_one_fold, name, prepared, worker_options.for_seed(seed), fold, threads)
+                   for name, seed, fold in tasks]
         for future in tqdm(as_completed(futures), total=len(futures), desc="folds", disable=not options.progress):
-            name, fold = future.result()
-            log.info("%s fold %d done", name, fold)
+            name, seed, fold = future.result()
+            log.info("%s%s fold %d done", name, f" seed {seed}" if seed else "", fold)
 
 
 def paper_table_experiments() -> list[ExperimentSpec]:

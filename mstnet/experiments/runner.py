@@ -3,7 +3,8 @@
 For each fold: fit the clinical encoder on the fold's training patients, build the model
 for that view of the data, train on ``train`` with every choice made on ``validation``,
 then evaluate once on ``test``. Results go to ``RUNS_DIR/<experiment>/fold<k>/`` in the
-format of ``docs/results-format.md``; ``run.json`` is written last, so a fold without it is
+format of ``docs/results-format.md`` (training-seed replicate s >= 1 of ``--seeds``:
+``RUNS_DIR/<experiment>/seed<s>/fold<k>/``, trained with the recipe's seed plus s); ``run.json`` is written last, so a fold without it is
 unfinished: it resumes from ``last.pt`` on the next run, and finished folds are skipped.
 """
 
@@ -89,6 +90,10 @@ class RunOptions:
             (``mstnet run --export-masks``: NIfTI masks in each scan's geometry and
             ``probabilities.csv``, :class:`mstnet.experiments.prediction.PredictionWriter`);
             not part of the identity.
+        seed_index: which training-seed replicate these options train (``--seeds``): the
+            recipe's seed (after ``--set seed=...``) plus ``seed_index``, results in
+            :func:`fold_dir_of` (``seed<s>/fold<k>/`` for ``seed_index`` s >= 1). The seed is in
+            the recipe, hence in each fold's configuration identity.
     """
 
     preset: RunPreset
@@ -102,6 +107,11 @@ class RunOptions:
     fold_params: dict[int, dict[str, Any]] = field(default_factory=dict)
     trackers: tuple[TrackerSpec, ...] = ()
     export_masks: bool = False
+    seed_index: int = 0
+
+    def for_seed(self, seed_index: int) -> "RunOptions":
+        """These options for training-seed replicate ``seed_index`` (see ``seed_index``)."""
+        return replace(self, seed_index=seed_index)
 
     def for_fold(self, fold_index: int) -> "RunOptions":
         """These options for one fold: its ``fold_params`` merged under ``params`` (``--set`` wins)."""
@@ -114,8 +124,21 @@ def experiment_dir(runs_dir: Path, name: str) -> Path:
     return Path(runs_dir) / name.replace("/", "__")
 
 
+def training_seeds(spec: ExperimentSpec, seeds: int) -> range:
+    """The training-seed replicates ``--seeds`` gives ``spec``: ``0 .. seeds - 1`` for trained (torch)
+    experiments; only 0 for tabular ones, whose fit has no training seed (a refit is the same model).
+
+    Raises:
+        UsageError: ``seeds`` below 1.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"--seeds takes a whole number of at least 1; got {seeds!r}")
+    return range(seeds if spec.kind == "torch" else 1)
+
+
 def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
-    """The experiment's recipe for the preset, with preset lengths and ``--set`` recipe fields applied.
+    """The experiment's recipe for the preset, with preset lengths and ``--set`` recipe fields applied, and
+    the seed of training-seed replicate ``options.seed_index`` (the recipe's seed plus it).
 
     Raises:
         UsageError: a recipe field of the wrong type or out of range.
@@ -124,7 +147,8 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     recipe = replace(recipe, epochs=options.preset.epochs, batch_size=options.preset.batch_size,
                      early_stopping_patience=options.preset.patience)
     recipe_overrides, _ = split_overrides(options.params)
-    return checked_recipe(spec.name, recipe, recipe_overrides)
+    recipe = checked_recipe(spec.name, recipe, recipe_overrides)
+    return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -186,6 +210,8 @@ class FoldData:
 
         self.train = dataset(fold.train, augment=True)
         self.validation = dataset(fold.validation, augment=False)
+        self.train_plain = dataset(fold.train, augment=False)
+        """The training patients without augmentation (the cached classification stage)."""
         self.test = dataset(fold.test, augment=False)
         self.timepoints = timepoints
 
@@ -478,7 +504,9 @@ def recipe_summary(recipe: Recipe) -> str:
                 else "cosine per epoch")
     epochs = "/".join(map(str, recipe.stage_epochs)) if recipe.stage_epochs else str(recipe.epochs)
     return (f"{stages}, Adam lr {recipe.learning_rate:g}, {schedule}, {epochs} epochs x batch {recipe.batch_size}"
-            + (", output biases at the priors" if recipe.output_bias_init else ""))
+            + (", output biases at the priors" if recipe.output_bias_init else "")
+            + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations)"
+               if recipe.frozen_stage_cache and "classification" in recipe.stages else ""))
 
 
 def _write_fold_record(fold_dir: Path, spec: ExperimentSpec, splits: Splits, fold_index: int, metrics: dict[str, Any],
@@ -514,7 +542,7 @@ def run_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: i
     """Train and evaluate one fold of a torch experiment; returns its metrics."""
     configuration = fold_configuration(spec, cohort, splits, fold_index, options)
     options = options.for_fold(fold_index)
-    fold_dir = fold_dir_of(runs_dir, spec.name, fold_index)
+    fold_dir = fold_dir_of(runs_dir, spec.name, fold_index, options.seed_index)
     refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
@@ -545,6 +573,21 @@ def _bias_initialiser(model: torch.nn.Module, data: FoldData, spec: ExperimentSp
     return initialise
 
 
+def _frozen_stage_factory(model: torch.nn.Module, data: FoldData, recipe: Recipe, options: RunOptions):
+    """``() -> FrozenStageData`` for the cached classification stage (``Recipe.frozen_stage_cache``):
+    the training patients un-augmented, the first ``frozen_stage_augmentations`` of the finite set."""
+    from mstnet.experiments.frozen_stage import FrozenStageData, augmentation_set
+
+    def make() -> FrozenStageData:
+        augmentations = augmentation_set(recipe.frozen_stage_augmentations, *options.preset.crop_size[1:])
+        log.info("classification stage on cached frozen outputs: %d patients x %d augmentations",
+                 len(data.train_plain), len(augmentations))
+        return FrozenStageData(model, data.train_plain, data.validation, collate_patients, recipe.batch_size,
+                               augmentations, options.device)
+
+    return make
+
+
 def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: int, fold_dir: Path,
                         options: RunOptions, attempts: FoldAttempts, tracking: FoldTracking | None = None) -> dict[str, Any]:
     recipe = resolve_recipe(spec, options)
@@ -573,12 +616,15 @@ def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fo
         return loader
 
     on_stage_start = _bias_initialiser(model, data, spec, options) if recipe.output_bias_init else None
+    frozen_stage = None
+    if recipe.frozen_stage_cache and trained is model:
+        frozen_stage = _frozen_stage_factory(model, data, recipe, options)
     if tracking:
         tracking.attach(model, data.validation, options.device, spec.data_view.use_clinical, recipe.amp)
     result = fit(trained, train_loader, _loader(data.validation, recipe.batch_size, False, 0, options.device, options.workers), recipe,
                  spec.tasks, fold_dir, options.device, use_clinical=spec.data_view.use_clinical,
                  callbacks=(*options.callbacks, attempts.tick, *(tracking.callbacks if tracking else ())),
-                 progress=options.progress, on_stage_start=on_stage_start)
+                 progress=options.progress, on_stage_start=on_stage_start, frozen_stage=frozen_stage)
     history = pd.DataFrame([vars(r) for r in result.history])
     if not is_main_process():
         return {}
@@ -600,12 +646,17 @@ def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fo
     return metrics
 
 
-def fold_dir_of(runs_dir: Path, name: str, fold_index: int) -> Path:
-    return experiment_dir(runs_dir, name) / f"fold{fold_index}"
+def fold_dir_of(runs_dir: Path, name: str, fold_index: int, seed_index: int = 0) -> Path:
+    """The folder of one (experiment, training-seed replicate, fold): ``<experiment>/fold<k>/`` for
+    replicate 0 (the layout of a run without ``--seeds``), ``<experiment>/seed<s>/fold<k>/`` for s >= 1."""
+    folder = experiment_dir(runs_dir, name)
+    if seed_index:
+        folder = folder / f"seed{seed_index}"
+    return folder / f"fold{fold_index}"
 
 
-def fold_is_complete(runs_dir: Path, name: str, fold_index: int, splits: Splits) -> bool:
-    run_json = fold_dir_of(runs_dir, name, fold_index) / "run.json"
+def fold_is_complete(runs_dir: Path, name: str, fold_index: int, splits: Splits, seed_index: int = 0) -> bool:
+    run_json = fold_dir_of(runs_dir, name, fold_index, seed_index) / "run.json"
     if not run_json.exists():
         return False
     record = json.loads(run_json.read_text())
@@ -624,7 +675,7 @@ def check_experiment(spec: ExperimentSpec, cohort: Cohort, splits: Splits, runs_
     conflicts = []
     for fold_index in folds:
         configuration = fold_configuration(spec, cohort, splits, fold_index, options)
-        conflict = identity_conflict(fold_dir_of(runs_dir, spec.name, fold_index), configuration)
+        conflict = identity_conflict(fold_dir_of(runs_dir, spec.name, fold_index, options.seed_index), configuration)
         if conflict:
             conflicts.append(conflict)
     return conflicts
@@ -639,16 +690,20 @@ def run_experiment(
     folds: Sequence[int] | None = None,
     run_fold_fn: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Run ``spec`` on the given folds (all by default), skipping finished ones.
+    """Run ``spec`` on the given folds (all by default) of training-seed replicate ``options.seed_index``,
+    skipping finished ones.
 
     Every fold's configuration is resolved and compared with what its folder holds before
     anything is written (:func:`check_experiment`).
 
     Raises:
-        UsageError: a fold out of range, settings the experiment refuses, or a folder that
-            holds another configuration.
+        UsageError: a fold out of range, settings the experiment refuses, a folder that holds
+            another configuration, or a seed replicate >= 1 of a tabular experiment.
     """
     runs_dir = Path(runs_dir)
+    if options.seed_index not in training_seeds(spec, options.seed_index + 1):
+        raise UsageError(f"{spec.name} is fitted on patient features and has no training seed: it runs once, "
+                         f"not as seed replicate {options.seed_index}")
     fold_list = list(folds) if folds is not None else list(range(splits.n_folds))
     refuse_conflicts(check_experiment(spec, cohort, splits, runs_dir, options, fold_list))
     exp_dir = experiment_dir(runs_dir, spec.name)
@@ -657,12 +712,15 @@ def run_experiment(
         _write_json(exp_dir / "experiment.json", spec.metadata())
     fold_runner = run_fold_fn or (run_tabular_fold if spec.kind == "tabular" else run_fold)
     results = {}
+    replicate = f" seed {options.seed_index}" if options.seed_index else ""
     for fold_index in fold_list:
-        if fold_is_complete(runs_dir, spec.name, fold_index, splits):
-            log.info("%s fold %d: already complete with the same configuration, skipped", spec.name, fold_index)
-            results[fold_index] = json.loads((exp_dir / f"fold{fold_index}" / "metrics.json").read_text())
+        if fold_is_complete(runs_dir, spec.name, fold_index, splits, options.seed_index):
+            log.info("%s%s fold %d: already complete with the same configuration, skipped", spec.name, replicate,
+                     fold_index)
+            results[fold_index] = json.loads(
+                (fold_dir_of(runs_dir, spec.name, fold_index, options.seed_index) / "metrics.json").read_text())
             continue
-        log.info("%s fold %d: training", spec.name, fold_index)
+        log.info("%s%s fold %d: training", spec.name, replicate, fold_index)
         results[fold_index] = fold_runner(spec, cohort, splits, fold_index, runs_dir, options)
     return results
 
@@ -674,7 +732,7 @@ def run_tabular_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_
 
     configuration = fold_configuration(spec, cohort, splits, fold_index, options)
     options = options.for_fold(fold_index)
-    fold_dir = fold_dir_of(runs_dir, spec.name, fold_index)
+    fold_dir = fold_dir_of(runs_dir, spec.name, fold_index, options.seed_index)
     refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
     fold = splits.folds[fold_index]
