@@ -13,8 +13,19 @@ frame               columns (one row per ...)
 ``predictions``     experiment, patient_id, fold, label, probability (... test patient)
 ``segmentation``    experiment, patient_id, timepoint, fold, dice, jaccard, hd95, asd (... scan)
 ``histories``       experiment, fold, epoch, train_loss, val_loss, val_score, lr (... epoch)
-``runs``            experiment, fold and the scalar fields of ``run.json`` (... fold)
+``runs``            experiment, seed, fold and the scalar fields of ``run.json`` (... fold)
 ==================  ==========================================================================
+
+Training-seed replicates (``--seeds N``): replicate 0 of a fold is ``<experiment>/fold<k>/``,
+replicate s >= 1 is ``<experiment>/seed<s>/fold<k>/``. ``seed_fold_metrics``,
+``seed_predictions`` and ``seed_segmentation`` hold every replicate's rows, with a ``seed``
+column after ``experiment``; ``fold_metrics``, ``predictions`` and ``segmentation`` hold their
+means over an experiment's seeds (:func:`seed_means`): each fold's metric values and threshold,
+each patient's probability and each scan's metrics averaged over the seeds, so an experiment
+with one seed reads exactly as before and paired tests pair per-patient means over seeds. An
+experiment's seeds count when they hold the same folds: the folds of its seed with the most
+folds (the lowest such seed); a seed lacking some of them is left out with a logged warning.
+``histories`` and ``galleries`` are those of replicate 0 (``fold<k>/``).
 
 A fold counts when its ``metrics.json`` exists and its ``run.json`` (when present) says
 ``"status": "complete"``; other folds are left out with a logged warning. A file that breaks
@@ -41,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mstnet.errors import DataError
@@ -55,6 +67,8 @@ SEGMENTATION_COLUMNS: tuple[str, ...] = ("patient_id", "timepoint", "fold", *SEG
 HISTORY_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss")
 EXPERIMENT_FIELDS: tuple[str, ...] = ("name", "tasks", "group")
 FOLD_FOLDER = re.compile(r"^fold(\d+)$")
+SEED_FOLDER = re.compile(r"^seed([1-9]\d*)$")
+"""Training-seed replicate s >= 1 of ``--seeds``; replicate 0 is the experiment folder itself."""
 BENCHMARK_PATTERNS: tuple[str, ...] = ("benchmark*.json", "benchmarks/**/*.json", ".benchmarks/**/*.json")
 
 
@@ -142,6 +156,16 @@ class Results:
     studies: dict[str, Path] = field(default_factory=dict)
     benchmark_files: tuple[Path, ...] = ()
     threshold_rule: str = "fixed"
+    seed_fold_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seed_predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seed_segmentation: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def seeds(self, experiment: str) -> list[int]:
+        """The training-seed replicates of ``experiment`` that count (``[0]`` for a run without ``--seeds``)."""
+        frame = self.seed_fold_metrics
+        if frame.empty:
+            return [0]
+        return sorted(set(frame.loc[frame["experiment"] == experiment, "seed"].astype(int))) or [0]
 
     def names(self, group: str | None = None) -> list[str]:
         """Experiment names (in loading order), optionally only those of ``group``."""
@@ -168,7 +192,8 @@ def _read_json(path: Path) -> Any:
         raise ResultsError(f"{path}: not valid JSON ({error})") from None
 
 
-def _read_csv(path: Path, required: Sequence[str], experiment: str) -> pd.DataFrame:
+def _read_csv(path: Path, required: Sequence[str], experiment: str, seed: int | None = None) -> pd.DataFrame:
+    """The CSV at ``path`` with its ``required`` columns checked, ``experiment`` (and ``seed``, when given) in front."""
     try:
         frame = pd.read_csv(path, dtype={"patient_id": str, "timepoint": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -177,6 +202,8 @@ def _read_csv(path: Path, required: Sequence[str], experiment: str) -> pd.DataFr
     if missing:
         raise ResultsError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
     frame.insert(0, "experiment", experiment)
+    if seed is not None:
+        frame.insert(1, "seed", seed)
     return frame
 
 
@@ -250,13 +277,67 @@ def _fold_is_complete(fold_dir: Path) -> bool:
     return True
 
 
-def _fold_folders(folder: Path) -> list[tuple[int, Path]]:
+def _fold_folders(folder: Path) -> list[tuple[int, int, Path]]:
+    """(seed, fold, folder) of every fold folder of an experiment: ``fold<k>/`` (seed 0) and ``seed<s>/fold<k>/``."""
     folds = []
-    for child in folder.iterdir():
-        match = FOLD_FOLDER.match(child.name)
-        if match and child.is_dir():
-            folds.append((int(match.group(1)), child))
+    for seed, parent in [(0, folder), *[(int(match.group(1)), child) for child in folder.iterdir()
+                                        if (match := SEED_FOLDER.match(child.name)) and child.is_dir()]]:
+        for child in parent.iterdir():
+            match = FOLD_FOLDER.match(child.name)
+            if match and child.is_dir():
+                folds.append((seed, int(match.group(1)), child))
     return sorted(folds)
+
+
+def _kept_seeds(fold_metrics: pd.DataFrame, experiment: str) -> list[int]:
+    """The seeds of ``experiment`` that hold the folds of its seed with the most folds (see the module docstring)."""
+    rows = fold_metrics[fold_metrics["experiment"] == experiment]
+    folds_of = {int(seed): set(group["fold"].astype(int)) for seed, group in rows.groupby("seed")}
+    full = max(folds_of.values(), key=len) if folds_of else set()
+    for seed, folds in folds_of.items():
+        if folds != full:
+            log.warning("%s seed %d: lacks fold(s) %s that its other seeds have; this seed is left out", experiment,
+                        seed, sorted(full - folds))
+    return [seed for seed, folds in folds_of.items() if folds == full]
+
+
+def _mean_over_seeds(frame: pd.DataFrame, key: list[str], columns: list[str], several: set[str]) -> pd.DataFrame:
+    """``frame`` without its ``seed`` column, the rows of the ``several``-seed experiments replaced by their
+    means over seeds (``columns`` averaged where defined, the rest the first seed's), one per ``key``."""
+    if not several:
+        return frame.drop(columns="seed").reset_index(drop=True)
+    pieces = []
+    for name, rows in frame.groupby("experiment", sort=False):
+        rows = rows.drop(columns="seed")
+        if name in several:
+            grouped = rows.groupby(key, sort=False)
+            mean = grouped.first()
+            mean[columns] = grouped[columns].mean()
+            rows = mean.reset_index()[list(rows.columns)]
+        pieces.append(rows)
+    return pd.concat(pieces, ignore_index=True)
+
+
+def seed_means(seed_fold_metrics: pd.DataFrame, seed_predictions: pd.DataFrame,
+               seed_segmentation: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """The per-replicate frames without incomplete seeds (see the module docstring), then their means over seeds.
+
+    Returns:
+        (seed_fold_metrics, seed_predictions, seed_segmentation) of the seeds that count, and
+        (fold_metrics, predictions, segmentation): for an experiment with one seed its rows
+        as they are (without ``seed``); with several, one row per (experiment, fold), patient and
+        scan in the first seed's order, metric values, thresholds and probabilities averaged over
+        the seeds where they are defined, the other columns the first seed's.
+    """
+    kept = {name: _kept_seeds(seed_fold_metrics, name) for name in dict.fromkeys(seed_fold_metrics["experiment"])}
+    several = {name for name, seeds in kept.items() if len(seeds) > 1}
+    frames = [frame.loc[np.array([int(seed) in kept.get(name, ()) for name, seed in zip(frame["experiment"], frame["seed"])],
+                                 dtype=bool)].reset_index(drop=True) for frame in (seed_fold_metrics, seed_predictions, seed_segmentation)]
+    means = (_mean_over_seeds(frames[0], ["experiment", "fold"],
+                              [*SEGMENTATION_METRICS, *CLASSIFICATION_METRICS, "threshold"], several),
+             _mean_over_seeds(frames[1], ["experiment", "patient_id"], ["probability"], several),
+             _mean_over_seeds(frames[2], ["experiment", "patient_id", "timepoint"], list(SEGMENTATION_METRICS), several))
+    return (*frames, *means)
 
 
 def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results:
@@ -277,26 +358,29 @@ def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results
     for folder in sorted(p.parent for p in runs_dir.glob("*/experiment.json")):
         record = _experiment_record(folder, runs_dir)
         name = record["experiment"]
-        complete = [(k, d) for k, d in _fold_folders(folder) if _fold_is_complete(d)]
+        complete = [(seed, k, d) for seed, k, d in _fold_folders(folder) if _fold_is_complete(d)]
         if not complete:
             log.warning("%s: no complete fold; experiment %r left out", folder, name)
             continue
         records.append(record)
-        for k, fold_dir in complete:
+        for seed, k, fold_dir in complete:
             row = _fold_metrics_row(fold_dir / "metrics.json", name, k, threshold_rule)
+            row["seed"] = seed
             fold_rows.append(row)
             if (fold_dir / "run.json").exists():
                 run = _read_json(fold_dir / "run.json")
-                run_rows.append({"experiment": name, "fold": k,
+                run_rows.append({"experiment": name, "seed": seed, "fold": k,
                                  **{key: value for key, value in run.items() if not isinstance(value, (dict, list))}})
             if "classification" in record["tasks"]:
                 if not (fold_dir / "predictions.csv").exists():
                     raise ResultsError(f"{fold_dir / 'predictions.csv'}: file not found (experiment {name!r} declares classification)")
-                frames["predictions"].append(_read_csv(fold_dir / "predictions.csv", PREDICTION_COLUMNS, name))
+                frames["predictions"].append(_read_csv(fold_dir / "predictions.csv", PREDICTION_COLUMNS, name, seed))
                 verify_classification(row, fold_dir / "metrics.json", frames["predictions"][-1], row["_block"])
             if "segmentation" in record["tasks"] and (fold_dir / "segmentation.csv").exists():
-                frames["segmentation"].append(_read_csv(fold_dir / "segmentation.csv", SEGMENTATION_COLUMNS, name))
+                frames["segmentation"].append(_read_csv(fold_dir / "segmentation.csv", SEGMENTATION_COLUMNS, name, seed))
                 verify_segmentation(row, fold_dir / "metrics.json", frames["segmentation"][-1])
+            if seed:
+                continue  # learning curves and galleries: replicate 0
             if (fold_dir / "history.csv").exists():
                 history = _read_csv(fold_dir / "history.csv", HISTORY_COLUMNS, name)
                 history.insert(1, "fold", k)
@@ -318,12 +402,15 @@ def load_results(runs_dir: str | Path, threshold_rule: str = "fixed") -> Results
     published = _read_json(runs_dir / "published.json") if (runs_dir / "published.json").exists() else None
     benchmark_files = tuple(sorted({p for pattern in BENCHMARK_PATTERNS for p in runs_dir.glob(pattern)
                                     if is_benchmark_json(p)}))
+    seed_frames = seed_means(
+        pd.DataFrame(fold_rows, columns=["experiment", "seed", "fold", *SEGMENTATION_METRICS, *CLASSIFICATION_METRICS,
+                                         "convention", "average", "threshold"]),
+        _concat(frames["predictions"], ["experiment", "seed", *PREDICTION_COLUMNS]),
+        _concat(frames["segmentation"], ["experiment", "seed", *SEGMENTATION_COLUMNS]))
     return Results(
         runs_dirs=(runs_dir,), experiments=experiments,
-        fold_metrics=pd.DataFrame(fold_rows, columns=["experiment", "fold", *SEGMENTATION_METRICS,
-                                                       *CLASSIFICATION_METRICS, "convention", "average", "threshold"]),
-        predictions=_concat(frames["predictions"], ["experiment", *PREDICTION_COLUMNS]),
-        segmentation=_concat(frames["segmentation"], ["experiment", *SEGMENTATION_COLUMNS]),
+        fold_metrics=seed_frames[3], predictions=seed_frames[4], segmentation=seed_frames[5],
+        seed_fold_metrics=seed_frames[0], seed_predictions=seed_frames[1], seed_segmentation=seed_frames[2],
         histories=_concat(frames["histories"], ["experiment", "fold", *HISTORY_COLUMNS]),
         runs=pd.DataFrame(run_rows) if run_rows else pd.DataFrame(columns=["experiment", "fold"]),
         cohorts=({**cohort, "runs_dir": str(runs_dir)},), oracle={k: float(v) for k, v in oracle.items()},
@@ -363,19 +450,20 @@ def merge_results(parts: Iterable[Results]) -> Results:
 
     An experiment may appear in several folders when they share the folds (same splits
     hash) and hold different folds of it, e.g. ``mstnet run NAME --folds k`` run on several
-    machines, each into its own folder; the same fold twice, or one experiment on other
-    folds, is an error.
+    machines, each into its own folder; or different training-seed replicates of the same
+    folds. The same (seed, fold) twice, or one experiment on other folds, is an error.
     """
     parts = list(parts)
     if not parts:
         raise ResultsError("no results folders given")
     if len(parts) == 1:
         return parts[0]
-    seen: dict[str, tuple[Path, str | None, set[int]]] = {}
+    seen: dict[str, tuple[Path, str | None, set[tuple[int, int]]]] = {}
     for part in parts:
         part_hash = _splits_hash(part)
         for name, folder in part.experiments["folder"].items():
-            folds = set(part.fold_metrics.loc[part.fold_metrics["experiment"] == name, "fold"].astype(int))
+            rows = part.seed_fold_metrics[part.seed_fold_metrics["experiment"] == name]
+            folds = set(zip(rows["seed"].astype(int), rows["fold"].astype(int)))
             if name not in seen:
                 seen[name] = (folder, part_hash, folds)
                 continue
@@ -385,8 +473,11 @@ def merge_results(parts: Iterable[Results]) -> Results:
                                    f"{str(first_hash)[:12]} in {first_folder}, {str(part_hash)[:12]} in {folder}); "
                                    "report them separately or remove one")
             if first_folds & folds:
+                both = sorted(first_folds & folds)
+                named = ([fold for _, fold in both] if all(seed == 0 for seed, _ in both)
+                         else ", ".join(f"seed {seed} fold {fold}" for seed, fold in both))
                 raise ResultsError(f"experiment {name!r} is in two results folders with fold(s) "
-                                   f"{sorted(first_folds & folds)} in both ({first_folder} and {folder}); keep one copy")
+                                   f"{named} in both ({first_folder} and {folder}); keep one copy")
             seen[name] = (first_folder, first_hash, first_folds | folds)
     oracle: dict[str, float] = {}
     for part in parts:
@@ -399,12 +490,17 @@ def merge_results(parts: Iterable[Results]) -> Results:
     if len(hashes) > 1:
         log.warning("the results folders use different folds (%d splits hashes); paired tests pair on patient ids",
                     len(hashes))
+    seed_frames = seed_means(
+        pd.concat([p.seed_fold_metrics for p in parts], ignore_index=True),
+        pd.concat([p.seed_predictions for p in parts if len(p.seed_predictions)] or [parts[0].seed_predictions],
+                  ignore_index=True),
+        pd.concat([p.seed_segmentation for p in parts if len(p.seed_segmentation)] or [parts[0].seed_segmentation],
+                  ignore_index=True))
     return Results(
         runs_dirs=tuple(d for part in parts for d in part.runs_dirs),
         experiments=_first_row_per_experiment(pd.concat([p.experiments for p in parts])),
-        fold_metrics=pd.concat([p.fold_metrics for p in parts], ignore_index=True),
-        predictions=pd.concat([p.predictions for p in parts if len(p.predictions)] or [parts[0].predictions], ignore_index=True),
-        segmentation=pd.concat([p.segmentation for p in parts if len(p.segmentation)] or [parts[0].segmentation], ignore_index=True),
+        fold_metrics=seed_frames[3], predictions=seed_frames[4], segmentation=seed_frames[5],
+        seed_fold_metrics=seed_frames[0], seed_predictions=seed_frames[1], seed_segmentation=seed_frames[2],
         histories=pd.concat([p.histories for p in parts if len(p.histories)] or [parts[0].histories], ignore_index=True),
         runs=pd.concat([p.runs for p in parts if len(p.runs)] or [parts[0].runs], ignore_index=True),
         cohorts=tuple(c for part in parts for c in part.cohorts), oracle=oracle,
@@ -440,16 +536,18 @@ def check_runs_dir(runs_dir: str | Path) -> list[str]:
     test_of = {}
     if (runs_dir / "splits.json").exists():
         test_of = {f["fold"]: set(map(str, f["test"])) for f in _read_json(runs_dir / "splits.json").get("folds", [])}
+    predictions = results.seed_predictions
     for name, meta in results.experiments.iterrows():
-        for k in results.fold_metrics.loc[results.fold_metrics["experiment"] == name, "fold"]:
-            fold_dir = meta["folder"] / f"fold{k}"
+        rows = results.seed_fold_metrics[results.seed_fold_metrics["experiment"] == name]
+        for seed, k in zip(rows["seed"].astype(int), rows["fold"].astype(int)):
+            fold_dir = (meta["folder"] / f"seed{seed}" if seed else meta["folder"]) / f"fold{k}"
             if "segmentation" in meta["tasks"]:
                 for file in ("segmentation.csv", "gallery.npz"):
                     if not (fold_dir / file).exists():
                         problems.append(f"{fold_dir / file}: missing (experiment {name!r} declares segmentation)")
             if "classification" in meta["tasks"] and k in test_of:
-                patients = set(results.predictions.loc[(results.predictions["experiment"] == name)
-                                                       & (results.predictions["fold"] == k), "patient_id"])
+                patients = set(predictions.loc[(predictions["experiment"] == name) & (predictions["seed"] == seed)
+                                               & (predictions["fold"] == k), "patient_id"])
                 if patients != test_of[k]:
                     problems.append(f"{fold_dir / 'predictions.csv'}: patients differ from splits.json fold {k} test "
                                     f"({len(patients - test_of[k])} extra, {len(test_of[k] - patients)} missing)")

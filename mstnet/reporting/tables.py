@@ -29,6 +29,15 @@ Statistics (``shared/design/protocol.md``, "Aggregation and statistics"):
   paired p-values: DeLong (AUC), exact McNemar (accuracy), paired bootstrap (F1), Wilcoxon
   on per-patient mean Dice.
 
+Training seeds (``--seeds N``; :mod:`mstnet.reporting.results` reads every replicate): a row
+trained with several seeds shows, as its cell value, the mean over seeds of each seed's pooled
+statistic, with the sample std (ddof=1) between the seeds' pooled values ("± sd over n seeds");
+its interval is the percentile bootstrap of that mean, each resample's patients drawn once and
+scored in every seed (for the segmentation means this equals the bootstrap of each scan's mean
+over seeds). The fold mean ± std is over the folds' values averaged over seeds, and the paired
+tests and ablation differences use each patient's mean probability and each scan's mean Dice over
+seeds (thresholds: the mean over seeds of each fold's threshold). With one seed nothing changes.
+
 Renderings: CSV (raw numbers: fractions in [0, 1], distances in mm), Markdown, LaTeX
 (booktabs) and HTML; fractions are shown as percentages.
 """
@@ -203,7 +212,9 @@ class ResultsTable:
             ``<key>_pooled`` of the column), ``<key>_mean``, ``<key>_std`` (over the folds where
             the metric is defined) and ``<key>_folds`` (how many those are); ``auc_p_delong``
             and ``dice_p_wilcoxon`` (per-patient mean Dice; NaN for the reference and where
-            untested).
+            untested); ``n_seeds`` (training seeds of the row) and ``<key>_seed_sd`` (the std between
+            the seeds' pooled values; NaN with one seed), ``<key>_pooled`` being then the mean over
+            seeds of the seeds' pooled values.
         notes: footnote lines.
         oracle_auc: the oracle ceiling AUC ("everything"), or None.
         published: published row name -> {metric: value in percent / paper unit or None}, when
@@ -251,27 +262,79 @@ def _scans(results: Results, experiment: str) -> pd.DataFrame:
     return results.segmentation[results.segmentation["experiment"] == experiment]
 
 
+def _seed_statistics(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """For per-seed statistics ``values`` (seeds along axis 0): their mean over the seeds where defined (NaN
+    where none is), and the sample std (ddof=1) between the seeds' first entries (the point estimates), NaN
+    with fewer than two defined."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = np.isfinite(values)
+    counts = defined.sum(axis=0)
+    mean = np.divide(np.where(defined, values, 0.0).sum(axis=0), counts, out=np.full(values.shape[1:], np.nan),
+                     where=counts > 0)
+    point = values[:, 0][defined[:, 0]]
+    return mean, float(np.std(point, ddof=1)) if point.size > 1 else math.nan
+
+
+def _seed_classification(results: Results, experiment: str, pooled: pd.DataFrame, draws: np.ndarray,
+                         average: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """(point, samples, seed sd) of every classification metric over the seeds of ``experiment``: each seed's
+    pooled metric on the patients of ``pooled`` (in its order) and on each resample of ``draws``, at that seed's
+    fold thresholds; point and samples are the means over seeds, sd the std between the seeds' pooled values."""
+    predictions, fold_metrics = results.seed_predictions, results.seed_fold_metrics
+    labels = pooled["label"].to_numpy()
+    draws = np.concatenate([np.arange(len(pooled))[None, :], draws])  # row 0: the pooled statistic itself
+    per_seed: dict[str, list[np.ndarray]] = {}
+    for seed_index in results.seeds(experiment):
+        frame = predictions[(predictions["experiment"] == experiment) & (predictions["seed"] == seed_index)]
+        frame = frame.set_index("patient_id").loc[pooled["patient_id"]]
+        folds = fold_metrics[(fold_metrics["experiment"] == experiment) & (fold_metrics["seed"] == seed_index)]
+        threshold_of = dict(zip(folds["fold"].astype(int), folds["threshold"].astype(float)))
+        thresholds = frame["fold"].astype(int).map(threshold_of).to_numpy(np.float64)
+        for key, values in classification_metric_samples(labels, frame["probability"].to_numpy(), draws, thresholds,
+                                                         average).items():
+            per_seed.setdefault(key, []).append(values)
+    points, samples, spreads = {}, {}, {}
+    for key, values in per_seed.items():
+        mean, spreads[key] = _seed_statistics(np.stack(values))
+        points[key], samples[key] = mean[:1], mean[1:]
+    return points, samples, spreads
+
+
+def _seed_scan_means(results: Results, experiment: str, key: str) -> np.ndarray:
+    """Each seed's mean of ``key`` over its test scans, (S, 1) in the order of :meth:`Results.seeds`."""
+    frame = results.seed_segmentation[results.seed_segmentation["experiment"] == experiment]
+    return np.array([[np.mean(frame.loc[frame["seed"] == s, key].to_numpy(float))] for s in results.seeds(experiment)])
+
+
 def measure_row(results: Results, experiment: str, reference: str | None, n_resamples: int, seed: int,
                 confidence: float = 0.95) -> dict:
     """One table row: pooled statistics and their bootstrap CIs, per-fold mean/std, paired p-values against
-    ``reference``."""
+    ``reference``; with several training seeds the pooled statistics are means over seeds and
+    ``<key>_seed_sd`` their spread (see the module docstring)."""
     folds = results.fold_metrics[results.fold_metrics["experiment"] == experiment]
-    row: dict = {"experiment": experiment, "n_folds": len(folds), "n_patients": 0, "n_scans": 0}
+    n_seeds = len(results.seeds(experiment))
+    row: dict = {"experiment": experiment, "n_folds": len(folds), "n_patients": 0, "n_scans": 0, "n_seeds": n_seeds}
     for column in COLUMNS:
         row.update({f"{column.key}_{part}": math.nan for part in ("pooled", "ci_low", "ci_high", "mean", "std")})
         row[f"{column.key}_folds"] = 0
+        row[f"{column.key}_seed_sd"] = math.nan
     if results.has_task(experiment, "classification"):
         pooled = _pooled(results, experiment)
         row["n_patients"] = len(pooled)
         draws = patient_draws(len(pooled), n_resamples, seed)
-        arguments = (pooled["label"].to_numpy(), pooled["probability"].to_numpy())
-        setting = (patient_thresholds(results, experiment, pooled["fold"]),
-                   _classification_average(results, experiment))
-        point = classification_metric_samples(*arguments, np.arange(len(pooled))[None, :], *setting)
-        samples = classification_metric_samples(*arguments, draws, *setting)
+        average = _classification_average(results, experiment)
+        if n_seeds > 1:
+            point, samples, spreads = _seed_classification(results, experiment, pooled, draws, average)
+        else:
+            arguments = (pooled["label"].to_numpy(), pooled["probability"].to_numpy())
+            setting = (patient_thresholds(results, experiment, pooled["fold"]), average)
+            point = classification_metric_samples(*arguments, np.arange(len(pooled))[None, :], *setting)
+            samples = classification_metric_samples(*arguments, draws, *setting)
+            spreads = {}
         for column in COLUMNS:
             if column.task == "classification":
                 row[f"{column.key}_pooled"] = float(point[column.key][0])
+                row[f"{column.key}_seed_sd"] = spreads.get(column.key, math.nan)
                 row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"] = percentile_interval(samples[column.key], confidence)
                 _fold_summary(row, column.key, folds[column.key].to_numpy(float))
     if results.has_task(experiment, "segmentation"):
@@ -280,8 +343,13 @@ def measure_row(results: Results, experiment: str, reference: str | None, n_resa
         for column in COLUMNS:
             if column.task == "segmentation":
                 _fold_summary(row, column.key, folds[column.key].to_numpy(float))
-                if len(scans):
+                if len(scans) and n_seeds > 1:
+                    means, row[f"{column.key}_seed_sd"] = _seed_statistics(_seed_scan_means(results, experiment,
+                                                                                            column.key))
+                    row[f"{column.key}_pooled"] = float(means[0])
+                elif len(scans):
                     row[f"{column.key}_pooled"] = float(np.mean(scans[column.key].to_numpy(float)))
+                if len(scans):
                     row[f"{column.key}_ci_low"], row[f"{column.key}_ci_high"] = bootstrap_mean_ci(
                         scans[column.key].to_numpy(float), groups=scans["patient_id"].to_numpy(),
                         n_resamples=n_resamples, seed=seed, confidence=confidence)
@@ -405,6 +473,9 @@ def table_notes(results: Results, names: list[str], reference: str, n_resamples:
                      "over the scans both methods segmented, then one pair per patient, so a patient's time points "
                      "are not counted as independent pairs); * p < 0.05, ** p < 0.01, *** p < 0.001 (p-values in the "
                      "CSV).")
+    replicated = {n: len(results.seeds(n)) for n in names if len(results.seeds(n)) > 1}
+    if replicated:
+        notes.append(SEEDS_NOTE.format(rows=", ".join(f"{_method_name(results, n)} {k}" for n, k in replicated.items())))
     if oracle_shown:
         notes.append("Oracle ceiling: AUC of the known generating risk given everything (all scans, the clinical "
                      "record and the radiologist's reads).")
@@ -440,7 +511,8 @@ def training_notes(results: Results, names: list[str]) -> list[str]:
         if "plateau_reached" in rows:
             flagged = rows[rows["plateau_reached"] == False]  # noqa: E712 - a column of booleans and NaN
             if len(flagged):
-                gains = "; ".join(f"fold {int(r.fold)} {r.short_of_plateau}" for r in flagged.itertuples())
+                gains = "; ".join(f"fold {int(r.fold)}{f' seed {int(r.seed)}' if getattr(r, 'seed', 0) else ''} "
+                                  f"{r.short_of_plateau}" for r in flagged.itertuples())
                 short.append(f"{_method_name(results, name)} ({len(flagged)} of {len(rows)} folds: {gains})")
     notes = [f"Training recipes: {'; '.join(recipes)}."] if recipes else []
     if short:
@@ -457,6 +529,12 @@ CELL_NOTE = ("Cells: the pooled value (all out-of-fold test patients together fo
              "'(k of n folds)' when the metric is undefined in the other folds. Percent, except HD95 and ASD in mm. "
              "'-': the method does not do that task.")
 """The footnote saying what each number of a cell is (formatted with ``n_resamples`` and ``seed``)."""
+SEEDS_NOTE = ("Trained with several training seeds on the same folds ({rows} seeds): the cell value is the mean over "
+              "seeds of each seed's pooled value, '± x sd over n seeds' the sample standard deviation (ddof=1) between "
+              "the seeds' pooled values, the bracketed CI the bootstrap of that mean (each resample's patients scored "
+              "in every seed), the fold mean ± std over the folds' values averaged over seeds; the paired tests use "
+              "each patient's mean probability and each scan's mean Dice over seeds.")
+"""The footnote of tables with rows of several training seeds (formatted with ``rows``: "name n, ...")."""
 BOLD_NOTE = ("Bold: the best pooled value per column, the statistic whose interval is printed (lower is better for "
              "HD95 and ASD); the ROC figure shows the same pooled AUCs, so both rank the methods alike.")
 UNDEFINED_NOTE = ("A ratio with a zero denominator is undefined and left out, not counted as 0: precision with no "
@@ -525,8 +603,8 @@ def reference_table(results: Results, reference: str = "mstnet", n_resamples: in
 
 
 def _cell_parts(row: pd.Series, column: MetricColumn) -> tuple[str, str, str] | None:
-    """(pooled value, "[low, high]" of its bootstrap CI, "mean ± std" over folds [+ "(k of n folds)"]); None
-    when the experiment has no value at all for the column (it does not do that task)."""
+    """(pooled value, "[low, high]" of its bootstrap CI, "mean ± std" over folds [+ "(k of n folds)"] [+ "; ± sd
+    over n seeds"]); None when the experiment has no value at all for the column (it does not do that task)."""
     key, scale = column.key, column.scale()
     pooled, mean, n_defined = row[f"{key}_pooled"], row[f"{key}_mean"], int(row[f"{key}_folds"])
     if not np.isfinite(pooled) and not np.isfinite(mean):
@@ -540,6 +618,9 @@ def _cell_parts(row: pd.Series, column: MetricColumn) -> tuple[str, str, str] | 
     folds = f"{scale * mean:.2f} ± {scale * std:.2f}" if np.isfinite(std) else f"{scale * mean:.2f}"
     if n_defined < int(row["n_folds"]):
         folds += f" ({n_defined} of {int(row['n_folds'])} folds)"
+    spread = row.get(f"{key}_seed_sd", math.nan)
+    if np.isfinite(spread):
+        folds += f"; ± {scale * spread:.2f} sd over {int(row['n_seeds'])} seeds"
     return main, ci, folds
 
 
@@ -771,8 +852,11 @@ def results_table_html(table: ResultsTable) -> str:
 
 def results_table_csv(table: ResultsTable) -> str:
     """The measured rows with raw numbers (fractions, mm): pooled values, CIs, fold means, p-values, best flags;
-    plus published/oracle rows (their values in ``<key>_mean``, as published)."""
+    plus published/oracle rows (their values in ``<key>_mean``, as published). When some row has several
+    training seeds, also ``n_seeds`` and ``<key>_seed_sd`` (``<key>_pooled`` is then the mean over seeds)."""
     frame = table.frame.copy()
+    if "n_seeds" in frame and (frame["n_seeds"] == 1).all():  # one seed everywhere: the columns of a run without --seeds
+        frame = frame.drop(columns=["n_seeds", *[f"{c.key}_seed_sd" for c in COLUMNS]])
     frame.insert(0, "source", "measured")
     extra = []
     if table.published is not None:
@@ -787,8 +871,9 @@ def results_table_csv(table: ResultsTable) -> str:
                       "auc_mean": table.oracle_auc})
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
-    for count in ("n_folds", "n_patients", "n_scans"):
-        frame[count] = frame[count].astype("Int64")
+    for count in ("n_folds", "n_patients", "n_scans", "n_seeds"):
+        if count in frame:
+            frame[count] = frame[count].astype("Int64")
     return frame.to_csv(index=False)
 
 
@@ -804,7 +889,9 @@ class AblationTable:
         frame: one row per variant: ``experiment``, ``description``, ``information``,
             ``oracle_auc``, ``n_patients``, ``n_scans``; per metric of :data:`ABLATION_METRICS`:
             ``<m>_reference``, ``<m>_variant``, ``<m>_diff`` (variant - reference, pooled, on
-            the paired patients/scans), ``<m>_ci_low``, ``<m>_ci_high``, ``<m>_p``.
+            the paired patients/scans), ``<m>_ci_low``, ``<m>_ci_high``, ``<m>_p``; when the
+            reference or a variant has several training seeds, ``n_seeds_reference`` and
+            ``n_seeds_variant`` (the values then come from per-patient / per-scan means over seeds).
         reference: the reference experiment.
         notes: footnote lines.
     """
@@ -894,6 +981,10 @@ def ablation_table(results: Results, reference: str = "mstnet", n_resamples: int
                     reference)
         return None
     rows = [ablation_row(results, reference, v, n_resamples, seed, confidence) for v in variants]
+    seeds = {name: len(results.seeds(name)) for name in [reference, *variants]}
+    if any(count > 1 for count in seeds.values()):
+        for row in rows:
+            row["n_seeds_reference"], row["n_seeds_variant"] = seeds[reference], seeds[row["experiment"]]
     oracle_reference = results.oracle.get(results.experiments.at[reference, "information"])
     notes = (
         f"Differences are variant minus {_method_name(results, reference)} in percentage points, pooled over the "
@@ -904,6 +995,10 @@ def ablation_table(results: Results, reference: str = "mstnet", n_resamples: int
         "Oracle AUC: the ceiling of the information the variant sees (oracle.json key in brackets)"
         + (f"; the full model's information: {100 * oracle_reference:.1f}." if oracle_reference is not None else "."),
     )
+    if any(count > 1 for count in seeds.values()):
+        notes += ("Training seeds: " + ", ".join(f"{name} {count}" for name, count in seeds.items())
+                  + "; each patient's probability and each scan's Dice are averaged over an experiment's seeds "
+                  "before the differences, intervals and tests.",)
     return AblationTable(pd.DataFrame(rows), reference, notes)
 
 
