@@ -94,7 +94,10 @@ class Recipe:
     warm-up over ``warmup_fraction`` of each stage's steps, then cosine decay;
     ``output_bias_init`` sets the biases of the segmentation and classification output
     layers so the untrained model predicts the training data's foreground and malignancy
-    priors (:mod:`mstnet.experiments.initialisation`).
+    priors (:mod:`mstnet.experiments.initialisation`); ``frozen_stage_cache`` computes the
+    frozen segmentation network's outputs once per fold for each training patient and each of
+    the first ``frozen_stage_augmentations`` in-plane flips and rotations, and trains the
+    classification stage on them (:mod:`mstnet.experiments.frozen_stage`).
     """
 
     epochs: int = 30
@@ -115,6 +118,8 @@ class Recipe:
     lr_schedule: str = "epoch_cosine"
     warmup_fraction: float = 0.0
     output_bias_init: bool = False
+    frozen_stage_cache: bool = False
+    frozen_stage_augmentations: int = 8
 
 
 @dataclass(frozen=True)
@@ -314,6 +319,8 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
             raise UsageError(f"{owner}: stage_epochs must be positive integers, got {values['stage_epochs']!r}")
     if values["lr_schedule"] not in LR_SCHEDULES:
         raise UsageError(f"{owner}: lr_schedule {values['lr_schedule']!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if not 1 <= values["frozen_stage_augmentations"] <= 16:
+        raise UsageError(f"{owner}: frozen_stage_augmentations must be 1..16, got {values['frozen_stage_augmentations']!r}")
     if not 0 <= values["warmup_fraction"] < 1:
         raise UsageError(f"{owner}: warmup_fraction must be in [0, 1), got {values['warmup_fraction']!r}")
     unknown_stages = [name for name in values["stages"] if name not in ("joint", "segmentation", "classification")]

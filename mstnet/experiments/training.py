@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mstnet.atomic import atomic_path
+from mstnet.experiments.frozen_stage import FrozenStageData
 from mstnet.experiments.registry import Recipe
 from mstnet.models.losses import MultiTaskLoss
 from mstnet.models.output import ModelOutput
@@ -178,7 +179,18 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def forward_batch(model: nn.Module, batch: dict[str, Any], use_clinical: bool) -> ModelOutput:
-    """Run ``model`` on a batch dict: images [B, T, 1, D, H, W] plus clinical inputs and days."""
+    """Run ``model`` on a batch dict: images [B, T, 1, D, H, W] plus clinical inputs and days.
+
+    A batch of :class:`mstnet.experiments.frozen_stage.FrozenStageData` that carries the frozen
+    network's outputs (``"frozen"``) runs only the classification network on them.
+    """
+    if "frozen" in batch:
+        return _unwrap(model).classify(
+            batch["frozen"],
+            clinical_categorical=batch["clinical_categorical"] if use_clinical else None,
+            clinical_numeric=batch["clinical_numeric"] if use_clinical else None,
+            days=batch["days"],
+        )
     return model(
         batch["image"],
         clinical_categorical=batch["clinical_categorical"] if use_clinical else None,
@@ -295,6 +307,16 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
         scheduler.step()
 
 
+class _Replayable:
+    """An iterable that calls ``batches()`` afresh on every pass (a validation loader)."""
+
+    def __init__(self, batches: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as temporary:
         torch.save(obj, temporary)
@@ -312,6 +334,7 @@ def fit(
     callbacks: Sequence[EpochCallback] = (),
     progress: bool = True,
     on_stage_start: Callable[[Stage], None] | None = None,
+    frozen_stage: Callable[[], FrozenStageData] | None = None,
 ) -> FitResult:
     """Train ``model`` by ``recipe``; leave the best (inner-validation) weights loaded.
 
@@ -332,6 +355,10 @@ def fit(
         on_stage_start: called with each stage when it starts afresh (not on a resume), after
             the previous stage's best weights are loaded and before its first step
             (output-bias initialisation).
+        frozen_stage: for a model whose classification stage freezes the segmentation
+            network (``Recipe.frozen_stage_cache``): called when that stage starts or resumes,
+            with the segmentation weights in place; its batches (frozen outputs cached per
+            patient and augmentation) replace both loaders in that stage.
     """
     stages = stages_for(recipe, tasks)
     if run_dir is not None:
@@ -366,6 +393,10 @@ def fit(
             if on_stage_start is not None:
                 on_stage_start(stage)
         loss_fn = MultiTaskLoss(seg_weight=stage.seg_weight, cls_weight=stage.cls_weight)
+        stage_train_loader, stage_validation = make_train_loader, validation_loader
+        if frozen_stage is not None and stage.name == "classification" and hasattr(core, "classify"):
+            cached = frozen_stage()
+            stage_train_loader, stage_validation = cached.train_batches, _Replayable(cached.validation_batches)
         scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
         epochs = tqdm(range(state["epoch"], stage.epochs), desc=f"{stage.name}", leave=False,
                       disable=not (progress and is_main_process()), initial=state["epoch"], total=stage.epochs)
@@ -382,7 +413,7 @@ def fit(
             step = -1
             epoch_clock = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            for step, batch in enumerate(make_train_loader(epoch_seed)):
+            for step, batch in enumerate(stage_train_loader(epoch_seed)):
                 batch = move_batch(batch, device)
                 with autocast_context(device, recipe.amp):
                     output = forward_batch(model, batch, use_clinical)
@@ -398,7 +429,7 @@ def fit(
                 state["steps"] = state.get("steps", 0) + 1
             if not per_step:
                 scheduler.step()
-            val_loss, val_dice, val_auc = evaluate_loss(model, validation_loader, loss_fn, device, use_clinical, recipe.amp)
+            val_loss, val_dice, val_auc = evaluate_loss(model, stage_validation, loss_fn, device, use_clinical, recipe.amp)
             seconds = state.setdefault("seconds", [])
             seconds.append((seconds[-1] if seconds else 0.0) + time.perf_counter() - epoch_clock)
             record = EpochRecord(stage.name, epoch, train_loss / max(n_seen, 1), val_loss, -val_loss, lr, val_dice, val_auc,

@@ -227,6 +227,51 @@ class MSTNet(nn.Module):
             z12 = z12.reshape(batch * timepoints, depth, *z12.shape[1:]).squeeze(3).transpose(1, 2)
         return logits.reshape(batch, timepoints, *logits.shape[1:]), z12
 
+    def frozen_features(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """What the classifier reads of the segmentation network, per patient.
+
+        (B, T, 1, D, H, W) images -> seg logits (B, T, K, D, H, W) and ``{"z12": (B, T, C, gd, gh,
+        gw), "foreground": (B, T, 1, D, H, W)}``. In the two-stage recipe's second stage these
+        do not change (the segmentation network is frozen), so the harness may compute them
+        once per patient and augmentation and reuse them
+        (:mod:`mstnet.experiments.frozen_stage`); :meth:`classify` takes them back.
+        """
+        batch, timepoints = self._check_images(images)
+        seg_logits, z12 = self.segment(images)
+        foreground = foreground_map(seg_logits.flatten(0, 1))
+        return seg_logits, {"z12": z12.reshape(batch, timepoints, *z12.shape[1:]),
+                            "foreground": foreground.reshape(batch, timepoints, *foreground.shape[1:])}
+
+    def classify(
+        self,
+        frozen: dict[str, Tensor],
+        clinical_categorical: Tensor | None = None,
+        clinical_numeric: Tensor | None = None,
+        days: Tensor | None = None,
+    ) -> ModelOutput:
+        """The classification network on :meth:`frozen_features`' outputs: ``z12`` (B, T, C, g...)
+        and ``foreground`` (B, T, 1, D, H, W), plus the clinical inputs and days (B, T) ->
+        ``ModelOutput`` with ``cls_logits`` (B, 2) and no ``seg_logits``."""
+        z12 = frozen["z12"]
+        batch, timepoints = z12.shape[:2]
+        if days is not None and tuple(days.shape) != (batch, timepoints):
+            raise ValueError(f"days must be [B, T] = [{batch}, {timepoints}]; got {tuple(days.shape)}")
+        return self._classify(frozen, self._clinical_vector(clinical_categorical, clinical_numeric), days)
+
+    def _clinical_vector(self, categorical: Tensor | None, numeric: Tensor | None) -> Tensor | None:
+        """(B, C) codes and (B, N) numbers -> (B, fusion_size), or None without the clinical branch."""
+        return None if self.clinical is None else self.clinical(categorical, numeric)
+
+    def _classify(self, frozen: dict[str, Tensor], clinical: Tensor | None, days: Tensor | None) -> ModelOutput:
+        z12, foreground = frozen["z12"], frozen["foreground"]
+        batch, timepoints = z12.shape[:2]
+        cls_logits, features = self.classifier(z12.flatten(0, 1), foreground.flatten(0, 1), clinical, days,
+                                               batch, timepoints)
+        features["z12"] = z12
+        if clinical is not None:
+            features["clinical_vector"] = clinical
+        return ModelOutput(seg_logits=None, cls_logits=cls_logits, features=features)
+
     def forward(
         self,
         images: Tensor,
@@ -238,18 +283,11 @@ class MSTNet(nn.Module):
         batch, timepoints = self._check_images(images)
         if days is not None and tuple(days.shape) != (batch, timepoints):
             raise ValueError(f"days must be [B, T] = [{batch}, {timepoints}]; got {tuple(days.shape)}")
-        clinical = None
-        if self.clinical is not None:
-            clinical = self.clinical(clinical_categorical, clinical_numeric)
-        frozen = torch.no_grad() if self.segmentation_frozen else nullcontext()
-        with frozen:
-            seg_logits, z12 = self.segment(images)
-            foreground = foreground_map(seg_logits.flatten(0, 1))
-        cls_logits, features = self.classifier(z12, foreground, clinical, days, batch, timepoints)
-        features["z12"] = z12.reshape(batch, timepoints, *z12.shape[1:])
-        if clinical is not None:
-            features["clinical_vector"] = clinical
-        return ModelOutput(seg_logits=seg_logits, cls_logits=cls_logits, features=features)
+        clinical = self._clinical_vector(clinical_categorical, clinical_numeric)
+        with torch.no_grad() if self.segmentation_frozen else nullcontext():
+            seg_logits, frozen = self.frozen_features(images)
+        output = self._classify(frozen, clinical, days)
+        return ModelOutput(seg_logits=seg_logits, cls_logits=output.cls_logits, features=output.features)
 
 
 def build_mstnet(config: MSTNetConfig) -> MSTNet:
