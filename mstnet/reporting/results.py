@@ -304,7 +304,7 @@ def _kept_seeds(fold_metrics: pd.DataFrame, experiment: str) -> list[int]:
 def _mean_over_seeds(frame: pd.DataFrame, key: list[str], columns: list[str], several: set[str]) -> pd.DataFrame:
     """``frame`` without its ``seed`` column, the rows of the ``several``-seed experiments replaced by their
     means over seeds (``columns`` averaged where defined, the rest the first seed's), one per ``key``."""
-    if not several:
+    if not several or frame.empty:
         return frame.drop(columns="seed").reset_index(drop=True)
     pieces = []
     for name, rows in frame.groupby("experiment", sort=False):
