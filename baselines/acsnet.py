@@ -37,6 +37,7 @@ from torchvision.models.resnet import BasicBlock
 
 from baselines._common import SEGMENTATION_CLASSES, MultiTaskPerTimepoint, preset_settings
 from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment
+from mstnet.experiments.recipes import with_cpu_recipe
 
 ACSNET_SIZE_DIVISOR = 32
 """The encoder halves the resolution five times."""
@@ -228,7 +229,7 @@ ACSNET_PRESETS = {
     group="paper-table",
     table_row="ACSNet",
     data_view=DataView(timepoints=2, use_clinical=False),
-    recipe={"default": Recipe(learning_rate=1e-3, weight_decay=1e-4, seg_loss_weight=0.5, cls_loss_weight=0.5)},
+    recipe=with_cpu_recipe(Recipe(learning_rate=1e-3, weight_decay=1e-4, seg_loss_weight=0.5, cls_loss_weight=0.5)),
     footnote="(re-impl.) 2D per slice; classification head added (pooled E5 over slices and time points); "
              "no deep supervision; from scratch; cpu preset uses a narrow ResNet encoder.",
 )

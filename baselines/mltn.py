@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from baselines._common import SEGMENTATION_CLASSES, MultiTaskPerTimepoint, preset_settings
 from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment
+from mstnet.experiments.recipes import with_cpu_recipe
 
 NORM = "instance"
 
@@ -86,7 +87,7 @@ MLTN_PRESETS = {
     group="paper-table",
     table_row="MLTN",
     data_view=DataView(timepoints=2, use_clinical=False),
-    recipe={"default": Recipe(learning_rate=1e-3, weight_decay=1e-5, seg_loss_weight=0.5, cls_loss_weight=0.5)},
+    recipe=with_cpu_recipe(Recipe(learning_rate=1e-3, weight_decay=1e-5, seg_loss_weight=0.5, cls_loss_weight=0.5)),
     footnote="(re-impl.) design not published; standard 3D multi-task U-Net (MONAI blocks), "
              "classification on the time-averaged bottleneck.",
 )

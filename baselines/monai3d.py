@@ -22,6 +22,7 @@ from baselines._common import (
     segmentation_only_recipe,
 )
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
+from mstnet.experiments.recipes import with_cpu_recipe
 
 SEGMENTATION_VIEW = DataView(timepoints=2, use_clinical=False)
 LATEST_SCAN_VIEW = DataView(timepoints=1, use_clinical=False)
@@ -123,7 +124,7 @@ for _name, _builder, _description in (
 ):
     register_experiment(_name, description=_description, tasks=("segmentation",), group="reference",
                         data_view=SEGMENTATION_VIEW,
-                        recipe={"default": segmentation_only_recipe(learning_rate=1e-3)})(_builder)
+                        recipe=with_cpu_recipe(segmentation_only_recipe(learning_rate=1e-3)))(_builder)
 
 for _name, _builder, _description in (
     ("monai-resnet3d", build_resnet3d, "MONAI 3D ResNet classifying the latest scan."),
@@ -131,4 +132,4 @@ for _name, _builder, _description in (
 ):
     register_experiment(_name, description=_description, tasks=("classification",), group="reference",
                         data_view=LATEST_SCAN_VIEW,
-                        recipe={"default": classification_only_recipe(learning_rate=1e-3)})(_builder)
+                        recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3)))(_builder)

@@ -18,6 +18,7 @@ from torch import nn
 
 from baselines._common import SEGMENTATION_CLASSES, SliceWiseSegmentation, preset_settings, segmentation_only_recipe
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
+from mstnet.experiments.recipes import with_cpu_recipe
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"encoder_name": "mobilenet_v2", "encoder_depth": 3, "decoder_channels": (16, 8, 8)},
@@ -55,5 +56,5 @@ for _name, _architecture, _presets in (
         tasks=("segmentation",),
         group="reference",
         data_view=DataView(timepoints=2, use_clinical=False),
-        recipe={"default": segmentation_only_recipe(learning_rate=1e-3)},
+        recipe=with_cpu_recipe(segmentation_only_recipe(learning_rate=1e-3)),
     )(smp_builder(_architecture, _presets, _name))

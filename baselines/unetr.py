@@ -15,6 +15,7 @@ from monai.networks.nets import UNETR
 from torch import nn
 
 from baselines._common import SEGMENTATION_CLASSES, PerTimepointSegmentation, preset_settings, segmentation_only_recipe
+from mstnet.experiments.recipes import VIT_LEARNING_RATE, short_run
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
 
 UNETR_PATCH_SIZE = 16
@@ -29,7 +30,7 @@ UNETR_PRESETS: dict[str, dict[str, int]] = {
 
 UNETR_RECIPES = {
     "default": segmentation_only_recipe(learning_rate=1e-4, weight_decay=1e-5),
-    "cpu": segmentation_only_recipe(learning_rate=1e-3, weight_decay=1e-5),
+    "cpu": short_run(segmentation_only_recipe(weight_decay=1e-5), VIT_LEARNING_RATE),
     "tiny": segmentation_only_recipe(learning_rate=1e-3, weight_decay=1e-5),
 }
 """UNETR's paper trains at 1e-4. The short CPU presets (6 epochs of ~24 steps) use 1e-3, as

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from mstnet.experiments.recipes import VIT_LEARNING_RATE, short_run
 from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment, resolve_settings
 from mstnet.models.config import MSTNetConfig, mstnet_config
 from mstnet.models.mstnet import build_mstnet
@@ -41,7 +42,12 @@ inner validation only, reader's-mark crops:
   stage was not run. 1e-3 kept.
 """
 
-MSTNET_RECIPES = {"default": TWO_STAGE, "cpu": TWO_STAGE_SHORT, "tiny": TWO_STAGE_SHORT}
+TWO_STAGE_CPU = short_run(TWO_STAGE, VIT_LEARNING_RATE, frozen_stage_cache=True)
+"""MST-Net at the cpu preset: :func:`mstnet.experiments.recipes.short_run` (output biases at the
+priors, warm-up then cosine per step, learning rate :data:`~mstnet.experiments.recipes.VIT_LEARNING_RATE`)
+and the classification stage on cached frozen outputs."""
+
+MSTNET_RECIPES = {"default": TWO_STAGE, "cpu": TWO_STAGE_CPU, "tiny": TWO_STAGE_SHORT}
 
 
 def mstnet_builder(**config_overrides: Any) -> Callable[[ModelContext], nn.Module]:

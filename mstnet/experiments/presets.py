@@ -31,6 +31,9 @@ class RunPreset:
         n_folds: outer cross-validation folds.
         validation_fraction: share of each training portion held out as inner validation.
         jobs: (experiment, fold) pairs trained in parallel processes by ``mstnet reproduce``.
+        epochs_given: ``epochs`` was asked for (``--epochs``): it then applies to every stage
+            of every experiment, also to recipes with a length of their own
+            (``Recipe.length_from_preset=False``).
     """
 
     name: str
@@ -42,6 +45,7 @@ class RunPreset:
     validation_fraction: float = 0.2
     jobs: int = 1
     crop_mode: str = "nodule"
+    epochs_given: bool = False
 
     def with_overrides(self, **overrides: Any) -> "RunPreset":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -56,6 +60,7 @@ RUN_PRESETS: dict[str, RunPreset] = {
 
 def run_preset(name: str, **overrides: Any) -> RunPreset:
     try:
-        return RUN_PRESETS[name].with_overrides(**overrides)
+        preset = RUN_PRESETS[name].with_overrides(**overrides)
     except KeyError:
         raise UnknownNameError(f"unknown preset {name!r}; choose one of {choices(sorted(RUN_PRESETS))}") from None
+    return replace(preset, epochs_given=True) if overrides.get("epochs") is not None else preset

@@ -98,6 +98,11 @@ class Recipe:
     frozen segmentation network's outputs once per fold for each training patient and each of
     the first ``frozen_stage_augmentations`` in-plane flips and rotations, and trains the
     classification stage on them (:mod:`mstnet.experiments.frozen_stage`).
+
+    Length: by default a run preset sets ``epochs`` and ``early_stopping_patience`` for every
+    experiment (:class:`mstnet.experiments.presets.RunPreset`); a recipe with
+    ``length_from_preset=False`` keeps its own ``epochs`` / ``stage_epochs`` and patience, a
+    budget chosen for that architecture on inner validation. ``--epochs`` overrides both.
     """
 
     epochs: int = 30
@@ -120,6 +125,7 @@ class Recipe:
     output_bias_init: bool = False
     frozen_stage_cache: bool = False
     frozen_stage_augmentations: int = 8
+    length_from_preset: bool = True
 
 
 @dataclass(frozen=True)

@@ -143,9 +143,11 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     Raises:
         UsageError: a recipe field of the wrong type or out of range.
     """
-    recipe = spec.recipe_for(options.preset.name)
-    recipe = replace(recipe, epochs=options.preset.epochs, batch_size=options.preset.batch_size,
-                     early_stopping_patience=options.preset.patience)
+    preset = options.preset
+    recipe = replace(spec.recipe_for(preset.name), batch_size=preset.batch_size)
+    if recipe.length_from_preset or preset.epochs_given:
+        recipe = replace(recipe, epochs=preset.epochs, early_stopping_patience=preset.patience,
+                         stage_epochs=None if preset.epochs_given else recipe.stage_epochs)
     recipe_overrides, _ = split_overrides(options.params)
     recipe = checked_recipe(spec.name, recipe, recipe_overrides)
     return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
