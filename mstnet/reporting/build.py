@@ -7,7 +7,8 @@ Files written into ``out_dir`` (only those the results allow):
 - ``ablation_table.{md,csv,tex,html}``: ``group == "ablation"`` against the reference;
 - ``performance.{md,csv,html}``: pytest-benchmark results found in the RUNS_DIRs or given;
 - ``experiments.csv``: one row per experiment (group, tasks, folds, summed wall time);
-- ``figures/*.png`` and ``figures/*.pdf`` (see :mod:`mstnet.reporting.figures`);
+- ``figures/*.png`` and ``figures/*.pdf`` (see :mod:`mstnet.reporting.figures`), among them
+  ``training_curves`` and ``learning_curves`` (:mod:`mstnet.reporting.curves`);
 - ``index.html`` linking all of them.
 """
 
@@ -31,7 +32,7 @@ from mstnet.reporting.results import Results, is_benchmark_json, load_many
 log = logging.getLogger(__name__)
 
 FIGURE_FOLDER = "figures"
-WIDE_SECTIONS = {"Segmentation gallery", "Training curves", "Ablations", "Per-fold Dice and HD95"}
+WIDE_SECTIONS = {"Segmentation gallery", "Training curves", "Learning curves", "Ablations", "Per-fold Dice and HD95"}
 
 
 def _write_results_table(table: tables.ResultsTable, out_dir: Path, stem: str) -> tuple[str, list[Path]]:

@@ -2,7 +2,8 @@
 
 Every ``*_figure`` function writes ``<stem>.png`` and ``<stem>.pdf`` into ``out_dir`` (each to
 a temporary name, then renamed) and returns the written paths; it returns ``[]`` when the
-results hold nothing to draw.
+results hold nothing to draw. The training and learning curves are drawn by
+:mod:`mstnet.reporting.curves`, the shared helpers live in :mod:`mstnet.reporting.plotting`.
 
 ``gallery.npz`` (one per segmentation fold, written by the harness; read here):
 
@@ -30,23 +31,26 @@ titled with its time point's name and that scan's Dice.
 from __future__ import annotations
 
 import logging
-import math
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
-from mstnet.atomic import atomic_path
-from mstnet.reporting.published import ROW_ORDER
+from mstnet.reporting.curves import learning_curves_figure, training_curves_figure
+from mstnet.reporting.plotting import (
+    display_order,
+    figure_style,
+    file_stem,
+    method_name,
+    new_figure,
+    palette,
+    save_figure,
+)
 from mstnet.reporting.results import Results
 from mstnet.reporting.tables import (
     ABLATION_METRICS,
@@ -60,65 +64,9 @@ from mstnet.reporting.tables import (
 
 log = logging.getLogger(__name__)
 
-FONT_SIZES = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
-              "ytick.labelsize": 10, "legend.fontsize": 9, "figure.titlesize": 13}
-PNG_DPI = 150
 GALLERY_KEYS: tuple[str, ...] = ("image", "mask", "pred", "patient_id", "dice")
 TRUTH_COLOUR, PREDICTION_COLOUR = "#1a9850", "#d01c8b"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
-
-
-def file_stem(name: str) -> str:
-    """A file-name-safe form of an experiment name (``"ablation/no-stdm"`` -> ``"ablation__no-stdm"``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__"))
-
-
-def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``figure`` as ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; returns both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if figure.canvas is None or not isinstance(figure.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(figure)
-    written = []
-    for extension in ("png", "pdf"):
-        target = out_dir / f"{stem}.{extension}"
-        with atomic_path(target, f".tmp.{extension}") as temporary:
-            figure.savefig(temporary, format=extension, dpi=PNG_DPI)
-        written.append(target)
-    return written
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _style():
-    """Context: seaborn's white grid with readable font sizes (restored afterwards)."""
-    return matplotlib.rc_context({**sns.axes_style("whitegrid"), **FONT_SIZES})
-
-
-def method_name(results: Results, experiment: str) -> str:
-    """The row name of an experiment: its Table-1 row, else its registry name."""
-    row = results.experiments.at[experiment, "table_row"]
-    return row if row else experiment
-
-
-def display_order(results: Results) -> list[str]:
-    """Experiments in report order: Table-1 rows in the paper's order, then references, then ablations."""
-    names = list(results.experiments.index)
-
-    def key(name: str) -> tuple[int, int, int]:
-        row, group = results.experiments.at[name, "table_row"], results.experiments.at[name, "group"]
-        paper_rank = ROW_ORDER.index(row) if row in ROW_ORDER else len(ROW_ORDER)
-        return (0 if row else 2 if group == "ablation" else 1, paper_rank, names.index(name))
-
-    return sorted(names, key=key)
-
-
-def _palette(names: Sequence[str]) -> dict[str, tuple]:
-    return dict(zip(names, sns.color_palette("colorblind", n_colors=max(len(names), 1))))
 
 
 def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: int = 0,
@@ -131,9 +79,9 @@ def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: i
     names = [n for n in display_order(results) if results.has_task(n, "classification")]
     if not names:
         return []
-    colours = _palette(names)
-    with _style():
-        figure = _new_figure(6.4, 6.0)
+    colours = palette(names)
+    with figure_style():
+        figure = new_figure(6.4, 6.0)
         axes = figure.add_subplot()
         for name in names:
             pooled = results.predictions[results.predictions["experiment"] == name]
@@ -175,8 +123,8 @@ def fold_box_figure(results: Results, out_dir: Path) -> list[Path]:
     frame["Dice (%)"] = 100.0 * frame["dice"]
     frame["HD95 (mm)"] = frame["hd95"]
     order = [method_name(results, n) for n in names]
-    with _style():
-        figure = _new_figure(max(6.0, 1.3 * len(names) + 2.0), 4.6)
+    with figure_style():
+        figure = new_figure(max(6.0, 1.3 * len(names) + 2.0), 4.6)
         for index, column in enumerate(("Dice (%)", "HD95 (mm)")):
             axes = figure.add_subplot(1, 2, index + 1)
             sns.boxplot(data=frame, x="method", y=column, order=order, ax=axes, color="#d9e6f2", fliersize=0,
@@ -198,8 +146,8 @@ def ablation_figure(table: AblationTable | None, out_dir: Path) -> list[Path]:
     if not metrics:
         return []
     variants = list(table.frame["experiment"])
-    with _style():
-        figure = _new_figure(3.4 * len(metrics), 1.0 + 0.55 * len(variants) + 1.0)
+    with figure_style():
+        figure = new_figure(3.4 * len(metrics), 1.0 + 0.55 * len(variants) + 1.0)
         for index, metric in enumerate(metrics):
             axes = figure.add_subplot(1, len(metrics), index + 1, sharey=figure.axes[0] if index else None)
             diff = 100.0 * table.frame[f"{metric}_diff"].to_numpy(float)
@@ -230,40 +178,14 @@ def ablation_figure(table: AblationTable | None, out_dir: Path) -> list[Path]:
         return save_figure(figure, out_dir, "ablation_differences")
 
 
-def training_curves_figure(results: Results, out_dir: Path, columns: int = 3) -> list[Path]:
-    """Train (solid) and validation (dashed) loss per epoch, one panel per experiment, one colour per fold."""
-    histories = results.histories
-    if histories.empty:
-        return []
-    names = [n for n in display_order(results) if (histories["experiment"] == n).any()]
-    rows = math.ceil(len(names) / columns)
-    folds = sorted(histories["fold"].unique())
-    colours = dict(zip(folds, sns.color_palette("viridis", n_colors=len(folds))))
-    with _style():
-        figure = _new_figure(4.2 * min(columns, len(names)), 3.2 * rows)
-        for index, name in enumerate(names):
-            axes = figure.add_subplot(rows, min(columns, len(names)), index + 1)
-            history = histories[histories["experiment"] == name]
-            for fold, part in history.groupby("fold"):
-                axes.plot(part["epoch"], part["train_loss"], color=colours[fold], linewidth=1.5)
-                if part["val_loss"].notna().any():
-                    axes.plot(part["epoch"], part["val_loss"], color=colours[fold], linewidth=1.5, linestyle="--")
-            axes.set(title=method_name(results, name), xlabel="epoch", ylabel="loss")
-        handles = [Line2D([], [], color=colours[f], label=f"fold {f}") for f in folds]
-        handles += [Line2D([], [], color="black", label="train"), Line2D([], [], color="black", linestyle="--",
-                                                                         label="validation")]
-        figure.legend(handles=handles, loc="outside right upper")
-        return save_figure(figure, out_dir, "training_curves")
-
-
 def calibration_figure(results: Results, out_dir: Path, n_bins: int = 10) -> list[Path]:
     """Reliability diagram (``sklearn.calibration.calibration_curve``, uniform bins) of every classifier."""
     names = [n for n in display_order(results) if results.has_task(n, "classification")]
     if not names:
         return []
-    colours = _palette(names)
-    with _style():
-        figure = _new_figure(6.4, 6.8)
+    colours = palette(names)
+    with figure_style():
+        figure = new_figure(6.4, 6.8)
         grid = figure.add_gridspec(2, 1, height_ratios=(3, 1))
         axes = figure.add_subplot(grid[0])
         histogram = figure.add_subplot(grid[1], sharex=axes)
@@ -335,8 +257,8 @@ def gallery_figure(results: Results, experiment: str, out_dir: Path) -> list[Pat
     chosen = {"worst": 0, "median": len(cases) // 2, "best": len(cases) - 1}
     picks = [(label, cases[index]) for label, index in sorted(chosen.items(), key=lambda item: -item[1])]
     n_timepoints = max(case["image"].shape[0] for _, case in picks)
-    with _style():
-        figure = _new_figure(2.6 * n_timepoints + 0.6, 2.7 * len(picks))
+    with figure_style():
+        figure = new_figure(2.6 * n_timepoints + 0.6, 2.7 * len(picks))
         for row, (label, case) in enumerate(picks):
             low, high = _display_window(case["image"])
             for t in range(case["image"].shape[0]):
@@ -391,7 +313,7 @@ def optuna_figures(results: Results, out_dir: Path) -> list[Path]:
             plots = {"optuna_history": optuna_plots.plot_optimization_history,
                      "optuna_importances": optuna_plots.plot_param_importances}
             for stem, plot in plots.items():
-                with _style(), warnings.catch_warnings():
+                with figure_style(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     try:
                         axes = plot(study)
@@ -419,6 +341,7 @@ def all_figures(results: Results, out_dir: Path, ablations: AblationTable | None
         "Per-fold Dice and HD95": fold_box_figure(results, out_dir),
         "Ablations": ablation_figure(ablations, out_dir),
         "Training curves": training_curves_figure(results, out_dir),
+        "Learning curves": learning_curves_figure(results, out_dir),
     }
     segmentation_names = [n for n in display_order(results) if any(name == n for name, _ in results.galleries)]
     figures["Segmentation gallery"] = [p for n in segmentation_names for p in gallery_figure(results, n, out_dir)]
