@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_runs import DEFAULT_EXPERIMENTS, FakeExperiment, write_fake_runs  # noqa: E402
 
 from mstnet.reporting import build_report  # noqa: E402
-from mstnet.reporting.tables import latex_escape  # noqa: E402
+from mstnet.reporting.formats import latex_escape  # noqa: E402
 
 CHROMIUM = next((found for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if (found := shutil.which(name))), None)

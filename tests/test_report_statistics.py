@@ -21,18 +21,14 @@ from scipy import stats
 from sklearn.metrics import f1_score, precision_score, roc_auc_score
 
 from mstnet.cli import main
-from mstnet.metrics import classification_metrics
+from mstnet.metrics import classification_metric_samples, classification_metrics, patient_draws
 from mstnet.reporting import build_report, check_runs_dir, load_results
 from mstnet.reporting import figures as report_figures
 from mstnet.reporting.results import ResultsError
-from mstnet.reporting.tables import (
-    COLUMNS,
-    ablation_table,
-    classification_metric_samples,
-    paper_table,
-    patient_draws,
-    results_table_markdown,
-)
+from mstnet.reporting.ablation_table import ablation_table
+from mstnet.reporting.paper_formats import results_table_markdown
+from mstnet.reporting.paper_table import paper_table
+from mstnet.reporting.table_data import COLUMNS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_runs import FakeExperiment, write_fake_runs  # noqa: E402

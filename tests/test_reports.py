@@ -15,20 +15,15 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from mstnet.metrics import bootstrap_ci, classification_metrics
+from mstnet.metrics import (bootstrap_ci, classification_metric_samples, classification_metrics, patient_draws,
+                            percentile_interval)
 from mstnet.reporting import build_report, check_runs_dir, load_many, load_results
 from mstnet.reporting.results import ResultsError
-from mstnet.reporting.tables import (
-    COLUMNS,
-    ablation_table,
-    classification_metric_samples,
-    paper_table,
-    patient_draws,
-    percentile_interval,
-    results_table_csv,
-    results_table_markdown,
-    stars,
-)
+from mstnet.reporting.ablation_table import ablation_table
+from mstnet.reporting.formats import stars
+from mstnet.reporting.paper_formats import results_table_csv, results_table_markdown
+from mstnet.reporting.paper_table import paper_table
+from mstnet.reporting.table_data import COLUMNS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_runs import DEFAULT_EXPERIMENTS, ORACLE, write_fake_runs  # noqa: E402

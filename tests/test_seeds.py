@@ -25,7 +25,8 @@ from mstnet.errors import UsageError
 from mstnet.experiments.registry import get_experiment
 from mstnet.metrics import bootstrap_mean_ci, classification_metrics, delong_test
 from mstnet.reporting.results import load_results
-from mstnet.reporting.tables import paper_table, results_table_csv, results_table_markdown
+from mstnet.reporting.paper_formats import results_table_csv, results_table_markdown
+from mstnet.reporting.paper_table import paper_table
 
 PATIENTS = [f"P{i:02d}" for i in range(12)]
 LABELS = np.array([0, 1] * 6)

@@ -12,6 +12,10 @@
 - :func:`wilcoxon_signed_rank`: paired Wilcoxon signed-rank test (scipy) of paired values.
 - :func:`per_patient_means` / :func:`wilcoxon_per_patient`: the same test on per-patient means
   of per-scan values (a patient's scans are not independent pairs), as the tables use it.
+- :func:`patient_draws` / :func:`classification_metric_samples` / :func:`percentile_interval`:
+  the table's bootstrap, every classification metric of every resample at once.
+- :func:`mcnemar_exact` / :func:`bootstrap_p_value`: paired p-values of the ablation table.
+- :func:`seed_statistics`: mean over training seeds and the spread between them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from mstnet.metrics.classification import validate_binary_predictions
+from mstnet.metrics.classification import nan_weighted_average, validate_binary_predictions
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +91,14 @@ def _resampled_groups(
     return np.concatenate(columns, axis=1)
 
 
-def _percentile_interval(estimates: np.ndarray, confidence: float, what: str) -> tuple[float, float]:
+def percentile_interval(samples: Any, confidence: float = 0.95, what: str | None = None) -> tuple[float, float]:
+    """Two-sided percentile interval of the finite bootstrap values; (nan, nan) when none is finite.
+
+    With ``what`` (the caller's name), undefined values left out are logged as a warning.
+    """
+    estimates = np.asarray(samples, float)
     finite = estimates[np.isfinite(estimates)]
-    if finite.size < estimates.size:
+    if what is not None and finite.size < estimates.size:
         log.warning("%s: %d of %d bootstrap resamples gave an undefined value and were left out",
                     what, estimates.size - finite.size, estimates.size)
     if finite.size == 0:
@@ -145,7 +154,7 @@ def bootstrap_ci(
     for i, drawn in enumerate(draws):
         rows = drawn if rows_of_group is None else np.concatenate([rows_of_group[g] for g in drawn])
         estimates[i] = metric_fn(labels[rows], probabilities[rows])
-    return _percentile_interval(estimates, confidence, "bootstrap_ci")
+    return percentile_interval(estimates, confidence, "bootstrap_ci")
 
 
 def bootstrap_mean_ci(
@@ -179,9 +188,9 @@ def bootstrap_mean_ci(
     n_groups = first_rows.size
     sums = np.bincount(group_of_row, weights=array, minlength=n_groups)
     counts = np.bincount(group_of_row, minlength=n_groups).astype(np.float64)
-    draws = _resampled_groups(np.random.default_rng(seed), int(n_resamples), None, n_groups)
+    draws = patient_draws(n_groups, n_resamples, seed)
     estimates = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    return _percentile_interval(estimates, confidence, "bootstrap_mean_ci")
+    return percentile_interval(estimates, confidence, "bootstrap_mean_ci")
 
 
 def _midranks(values: np.ndarray) -> np.ndarray:
@@ -324,3 +333,102 @@ def wilcoxon_per_patient(values_a: Any, values_b: Any, patients: Any) -> float:
     _, means_a = per_patient_means(a[valid], ids[valid])
     _, means_b = per_patient_means(b[valid], ids[valid])
     return wilcoxon_signed_rank(means_a, means_b)
+
+
+def patient_draws(n_patients: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(R, N) patient indices drawn with replacement, as :func:`bootstrap_ci` draws them."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
+    return _resampled_groups(np.random.default_rng(seed), int(n_resamples), None, n_patients)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator with NaN where the denominator is 0 (scikit-learn's ``zero_division=np.nan``)."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    return np.divide(numerator, denominator, out=np.full(np.broadcast(numerator, denominator).shape, np.nan),
+                     where=denominator > 0)
+
+
+def classification_metric_samples(
+    labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, threshold: float | np.ndarray = 0.5,
+    average: str = "binary",
+) -> dict[str, np.ndarray]:
+    """Every classification metric on every resample at once.
+
+    Args:
+        labels: (N,) 0/1 labels of the pooled patients.
+        probabilities: (N,) malignancy probabilities.
+        draws: (R, N) patient indices of R resamples (:func:`patient_draws`).
+        threshold: a patient is malignant when its probability is >= threshold; a scalar, or
+            (N,) thresholds, one per patient (each fold's own).
+        average: "binary" (malignant class) or "weighted" (support-weighted over both classes),
+            as in :func:`mstnet.metrics.classification_metrics`.
+
+    Returns:
+        metric name -> (R,) values, the same keys as ``classification_metrics``; undefined
+        values are NaN as there (precision with no positive prediction, AUC on a resample
+        holding one class, ...).
+    """
+    y = np.asarray(labels)[draws].astype(bool)
+    p = np.asarray(probabilities, dtype=np.float64)[draws]
+    threshold = np.asarray(threshold, dtype=np.float64)
+    predicted = p >= (threshold[draws] if threshold.ndim == 1 else threshold)
+    n = y.shape[1]
+    tp = (y & predicted).sum(axis=1)
+    fp = (~y & predicted).sum(axis=1)
+    tn = (~y & ~predicted).sum(axis=1)
+    fn = (y & ~predicted).sum(axis=1)
+    recall_1, recall_0 = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    precision_1, precision_0 = _ratio(tp, tp + fp), _ratio(tn, tn + fn)
+    f1_1, f1_0 = _ratio(2 * tp, 2 * tp + fp + fn), _ratio(2 * tn, 2 * tn + fn + fp)
+    if average == "binary":
+        precision, recall, f1, specificity = precision_1, recall_1, f1_1, recall_0
+    elif average == "weighted":
+        weights = np.stack([tn + fp, tp + fn], axis=-1)  # support of class 0, class 1
+
+        def weighted(value_0: np.ndarray, value_1: np.ndarray) -> np.ndarray:
+            return nan_weighted_average(np.stack([value_0, value_1], axis=-1), weights)
+
+        precision, recall, f1 = weighted(precision_0, precision_1), weighted(recall_0, recall_1), weighted(f1_0, f1_1)
+        specificity = weighted(recall_1, recall_0)
+    else:
+        raise ValueError(f"average: expected 'binary' or 'weighted', got {average!r}")
+    positives = y.sum(axis=1)
+    negatives = n - positives
+    ranks = stats.rankdata(p, method="average", axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2.0) / (positives * negatives)
+    auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "specificity": specificity,
+            "f1": f1, "auc": auc, "brier": ((p - y) ** 2).mean(axis=1)}
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of paired correct/incorrect outcomes (binomial on discordant pairs)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided paired-bootstrap p-value of H0: difference = 0, ``min(1, 2 min(P(d <= 0), P(d >= 0)))``."""
+    finite = np.asarray(differences, float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return math.nan
+    return float(min(1.0, 2.0 * min((finite <= 0).mean(), (finite >= 0).mean())))
+
+
+def seed_statistics(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """For per-seed statistics ``values`` (seeds along axis 0): their mean over the seeds where defined (NaN
+    where none is), and the sample std (ddof=1) between the seeds' first entries (the point estimates), NaN
+    with fewer than two defined."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = np.isfinite(values)
+    counts = defined.sum(axis=0)
+    mean = np.divide(np.where(defined, values, 0.0).sum(axis=0), counts, out=np.full(values.shape[1:], np.nan),
+                     where=counts > 0)
+    point = values[:, 0][defined[:, 0]]
+    return mean, float(np.std(point, ddof=1)) if point.size > 1 else math.nan

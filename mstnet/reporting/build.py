@@ -24,7 +24,11 @@ import pandas as pd
 
 from mstnet.atomic import write_text_atomic
 from mstnet.reporting import figures as report_figures
-from mstnet.reporting import tables
+from mstnet.reporting.ablation_table import (ablation_csv, ablation_html, ablation_latex, ablation_markdown,
+                                             ablation_table)
+from mstnet.reporting.paper_formats import (results_table_csv, results_table_html, results_table_latex,
+                                           results_table_markdown)
+from mstnet.reporting.paper_table import ResultsTable, paper_table, reference_table
 from mstnet.reporting.performance import performance_texts
 from mstnet.reporting.html import STYLE, Section, frame_table, key_value_table, render_index
 from mstnet.reporting.results import Results, is_benchmark_json, load_many
@@ -35,11 +39,11 @@ FIGURE_FOLDER = "figures"
 WIDE_SECTIONS = {"Segmentation gallery", "Training curves", "Learning curves", "Ablations", "Per-fold Dice and HD95"}
 
 
-def _write_results_table(table: tables.ResultsTable, out_dir: Path, stem: str) -> tuple[str, list[Path]]:
-    files = [write_text_atomic(out_dir / f"{stem}.md", tables.results_table_markdown(table)),
-             write_text_atomic(out_dir / f"{stem}.csv", tables.results_table_csv(table)),
-             write_text_atomic(out_dir / f"{stem}.tex", tables.results_table_latex(table))]
-    body = tables.results_table_html(table)
+def _write_results_table(table: ResultsTable, out_dir: Path, stem: str) -> tuple[str, list[Path]]:
+    files = [write_text_atomic(out_dir / f"{stem}.md", results_table_markdown(table)),
+             write_text_atomic(out_dir / f"{stem}.csv", results_table_csv(table)),
+             write_text_atomic(out_dir / f"{stem}.tex", results_table_latex(table))]
+    body = results_table_html(table)
     files.append(write_text_atomic(out_dir / f"{stem}.html", _standalone(table.title, body)))
     return body, files
 
@@ -123,20 +127,20 @@ def build_report(
     log.info("report: %d experiments from %s", len(results.experiments), ", ".join(map(str, results.runs_dirs)))
     sections: list[Section] = []
 
-    paper = tables.paper_table(results, reference, n_resamples, seed, with_published)
+    paper = paper_table(results, reference, n_resamples, seed, with_published)
     if paper is not None:
         body, files = _write_results_table(paper, out_dir, "paper_table")
         sections.append(Section("Table 1", body, files))
-    references = tables.reference_table(results, reference, n_resamples, seed)
+    references = reference_table(results, reference, n_resamples, seed)
     if references is not None:
         body, files = _write_results_table(references, out_dir, "reference_table")
         sections.append(Section("Reference methods", body, files))
-    ablations = tables.ablation_table(results, reference, n_resamples, seed)
+    ablations = ablation_table(results, reference, n_resamples, seed)
     if ablations is not None:
-        body = tables.ablation_html(ablations)
-        files = [write_text_atomic(out_dir / "ablation_table.md", tables.ablation_markdown(ablations)),
-                 write_text_atomic(out_dir / "ablation_table.csv", tables.ablation_csv(ablations)),
-                 write_text_atomic(out_dir / "ablation_table.tex", tables.ablation_latex(ablations)),
+        body = ablation_html(ablations)
+        files = [write_text_atomic(out_dir / "ablation_table.md", ablation_markdown(ablations)),
+                 write_text_atomic(out_dir / "ablation_table.csv", ablation_csv(ablations)),
+                 write_text_atomic(out_dir / "ablation_table.tex", ablation_latex(ablations)),
                  write_text_atomic(out_dir / "ablation_table.html", _standalone("Ablations", body))]
         sections.append(Section("Ablation table", body, files))
     if results.oracle:

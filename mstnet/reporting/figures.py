@@ -41,7 +41,10 @@ from matplotlib.lines import Line2D
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
+from mstnet.metrics import classification_metric_samples, patient_draws, percentile_interval
+from mstnet.reporting.ablation_table import ABLATION_METRICS, AblationTable
 from mstnet.reporting.curves import learning_curves_figure, training_curves_figure
+from mstnet.reporting.formats import stars
 from mstnet.reporting.plotting import (
     display_order,
     figure_style,
@@ -52,15 +55,7 @@ from mstnet.reporting.plotting import (
     save_figure,
 )
 from mstnet.reporting.results import Results
-from mstnet.reporting.tables import (
-    ABLATION_METRICS,
-    COLUMN_BY_KEY,
-    AblationTable,
-    classification_metric_samples,
-    patient_draws,
-    percentile_interval,
-    stars,
-)
+from mstnet.reporting.table_data import COLUMN_BY_KEY
 
 log = logging.getLogger(__name__)
 
