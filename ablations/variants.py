@@ -25,9 +25,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mstnet.experiments.catalog import mstnet_builder, mstnet_search_space, resolved_mstnet_config
-from mstnet.experiments.registry import (DEFAULT_CLINICAL_SOURCES, DataView, ModelContext, Recipe, get_experiment,
-                                         register_experiment)
+from mstnet.experiments.catalog import MSTNET_RECIPES, mstnet_builder, mstnet_search_space, resolved_mstnet_config
+from mstnet.experiments.registry import DEFAULT_CLINICAL_SOURCES, DataView, ModelContext, Recipe, register_experiment
 from mstnet.models.clinical import ClinicalEncoder
 from mstnet.models.config import MSTNetConfig
 from mstnet.models.mstnet import SpatiotemporalClassifier
@@ -219,11 +218,12 @@ def ablation(name: str) -> Ablation:
 
 
 def recipes_like_full_model(stages: tuple[str, ...] | None) -> dict[str, Recipe]:
-    """MST-Net's registered recipe for every preset, with ``stages`` replaced when given."""
-    full = get_experiment(FULL_MODEL).recipe
+    """MST-Net's registered recipe for every preset (:data:`mstnet.experiments.catalog.MSTNET_RECIPES`, read from
+    its module, not the registry, so that the order in which plugins register does not matter), with ``stages``
+    replaced when given."""
     if stages is None:
-        return dict(full)
-    return {preset: dataclasses.replace(recipe, stages=stages) for preset, recipe in full.items()}
+        return dict(MSTNET_RECIPES)
+    return {preset: dataclasses.replace(recipe, stages=stages) for preset, recipe in MSTNET_RECIPES.items()}
 
 
 def _register(row: Ablation) -> None:
