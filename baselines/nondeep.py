@@ -47,6 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mstnet.brock import BROCK_AGE_CENTRE, BROCK_COEFFICIENTS, BROCK_NODULE_COUNT_CENTRE, BROCK_SIZE_CENTRE
 from mstnet.data.cohort import DEFAULT_CLINICAL_SOURCE
 from mstnet.experiments.registry import DEFAULT_CLINICAL_SOURCES, DataView, ModelContext, register_experiment, resolve_settings
 
@@ -60,21 +61,6 @@ KNOWN_SOURCES: dict[str, str] = {"scr_res0": "screening", "scr_iso0": "screening
                                  "upper_lobe": "read", "nodule_count": "read", "nodule_type": "read", "texture": "read",
                                  "spiculated": "read", "spiculation": "read"}
 """Sources of known column names, for a frame without ``attrs["clinical_schema"]``; any other column is ``history``."""
-
-BROCK_INTERCEPT = -6.8071
-BROCK_AGE = 0.0321
-BROCK_FEMALE = 0.5635
-BROCK_FAMILY_HISTORY = 0.3013
-BROCK_EMPHYSEMA = 0.3462
-BROCK_SIZE = -5.6693
-BROCK_SIZE_CENTRE = 1.58113883
-BROCK_UPPER_LOBE = 0.7116
-BROCK_PART_SOLID = 0.3395
-BROCK_NON_SOLID = -0.3055
-BROCK_NODULE_COUNT = -0.0803
-BROCK_SPICULATION = 0.7729
-"""Brock (PanCan) parsimonious model, McWilliams et al., NEJM 2013 (model 1b), plus the full
-model's spiculation coefficient (model 2b), as the synthetic cohort's generator uses them."""
 
 GROWTH_THRESHOLD_DAYS = 400.0
 """Screening protocols (NELSON, Lung-RADS practice) call a VDT under 400 days suspicious."""
@@ -239,21 +225,21 @@ class BrockModel:
         if (diameter <= 0).any():
             patient = features.index[int(np.argmax(diameter <= 0))]
             raise _invalid(self.method, diameter_column, patient, diameter[diameter <= 0][0], "diameter must be > 0 mm")
-        logit = (BROCK_INTERCEPT + BROCK_AGE * (_numeric(features, "age", self.method) - 62.0)
-                 + BROCK_FEMALE * female_indicator(features, self.method)
-                 + BROCK_SIZE * ((diameter / 10.0) ** -0.5 - BROCK_SIZE_CENTRE))
-        for column, coefficient in (("family_history", BROCK_FAMILY_HISTORY), ("emphysema", BROCK_EMPHYSEMA),
-                                    ("upper_lobe", BROCK_UPPER_LOBE)):
+        c = BROCK_COEFFICIENTS
+        logit = (c["intercept"] + c["age"] * (_numeric(features, "age", self.method) - BROCK_AGE_CENTRE)
+                 + c["female"] * female_indicator(features, self.method)
+                 + c["size"] * ((diameter / 10.0) ** -0.5 - BROCK_SIZE_CENTRE))
+        for column in ("family_history", "emphysema", "upper_lobe"):
             if self._optional(features, column):
-                logit = logit + coefficient * binary_column(features, column, self.method)
+                logit = logit + c[column] * binary_column(features, column, self.method)
         if self._optional(features, "nodule_type"):
             part_solid, non_solid = nodule_type_indicators(features, self.method)
-            logit = logit + BROCK_PART_SOLID * part_solid + BROCK_NON_SOLID * non_solid
+            logit = logit + c["part_solid"] * part_solid + c["non_solid"] * non_solid
         if self._optional(features, "nodule_count"):
-            logit = logit + BROCK_NODULE_COUNT * (_numeric(features, "nodule_count", self.method) - 4.0)
+            logit = logit + c["nodule_count"] * (_numeric(features, "nodule_count", self.method) - BROCK_NODULE_COUNT_CENTRE)
         spiculated = spiculation_indicator(features, self.method) if self.use_spiculation else None
         if spiculated is not None:
-            logit = logit + BROCK_SPICULATION * spiculated
+            logit = logit + c["spiculation"] * spiculated
         return logit
 
     def predict_proba(self, features: pd.DataFrame) -> np.ndarray:

@@ -3,7 +3,7 @@
 Sources (see ``docs/cohort.md``):
 
 - Brock / PanCan model, McWilliams et al., NEJM 2013 (parsimonious model; the full model
-  adds spiculation, coefficient 0.7729).
+  adds spiculation), coefficients in :mod:`mstnet.brock`.
 - NLST population, Aberle et al., NEJM 2011 (age 55-74, 59% men, 48% current smokers,
   >= 30 pack-years, about 91% white).
 - Volume doubling time VDT = dt ln 2 / ln(V1 / V0); < 400 days is suspicious (NELSON,
@@ -23,25 +23,12 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit, ndtr
 
+from mstnet.brock import BROCK_AGE_CENTRE, BROCK_COEFFICIENTS, BROCK_NODULE_COUNT_CENTRE, BROCK_SIZE_CENTRE
+
 LN2 = float(np.log(2.0))
 
 TEXTURES: tuple[str, ...] = ("solid", "part_solid", "non_solid")
 """Nodule consistency classes (Brock's nodule type)."""
-
-BROCK_COEFFICIENTS: dict[str, float] = {
-    "intercept": -6.8071,
-    "age": 0.0321,  # per year above 62
-    "female": 0.5635,
-    "family_history": 0.3013,
-    "emphysema": 0.3462,
-    "size": -5.6693,  # times ((d / 10) ** -0.5 - 1.58113883)
-    "upper_lobe": 0.7116,
-    "part_solid": 0.3395,
-    "non_solid": -0.3055,
-    "nodule_count": -0.0803,  # per nodule above 4
-    "spiculation": 0.7729,  # full model only
-}
-"""Brock (PanCan) coefficients, McWilliams et al. NEJM 2013."""
 
 CLINICAL_TERMS: tuple[str, ...] = ("age", "female", "family_history", "emphysema", "upper_lobe", "nodule_count")
 """Brock terms that come from the clinical record (``clinical.csv``)."""
@@ -71,13 +58,13 @@ def brock_terms(age: np.ndarray, female: np.ndarray, family_history: np.ndarray,
     diameter = np.maximum(np.asarray(diameter_mm, dtype=float), 0.5)
     texture = np.asarray(texture)
     terms = {
-        "age": c["age"] * (np.asarray(age, float) - 62.0),
+        "age": c["age"] * (np.asarray(age, float) - BROCK_AGE_CENTRE),
         "female": c["female"] * np.asarray(female, float),
         "family_history": c["family_history"] * np.asarray(family_history, float),
         "emphysema": c["emphysema"] * np.asarray(emphysema, float),
         "upper_lobe": c["upper_lobe"] * np.asarray(upper_lobe, float),
-        "nodule_count": c["nodule_count"] * (np.asarray(nodule_count, float) - 4.0),
-        "size": c["size"] * ((diameter / 10.0) ** -0.5 - 1.58113883),
+        "nodule_count": c["nodule_count"] * (np.asarray(nodule_count, float) - BROCK_NODULE_COUNT_CENTRE),
+        "size": c["size"] * ((diameter / 10.0) ** -0.5 - BROCK_SIZE_CENTRE),
         "part_solid": c["part_solid"] * (texture == "part_solid"),
         "non_solid": c["non_solid"] * (texture == "non_solid"),
         "spiculation": c["spiculation"] * np.asarray(spiculated, float) * float(include_spiculation),
