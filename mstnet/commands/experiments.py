@@ -220,6 +220,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from mstnet.experiments.launcher import TasksFailed, make_launcher
         from mstnet.experiments.registry import get_experiment
         from mstnet.experiments.reproduce import prepare_runs, run_group
+        from mstnet.experiments.runner import experiment_dir
 
         launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
                                mem_gb, time_limit, sbatch)
@@ -250,7 +251,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                       seeds=seeds)
         except TasksFailed as failed:
             report_failed_tasks(failed)
-        console.print(f"results in {out / spec.name.replace('/', '__')}")
+        console.print(f"results in {experiment_dir(out, spec.name)}")
 
     @app.command("reproduce")
     def reproduce_command(
