@@ -33,7 +33,7 @@ class RunPreset:
         jobs: (experiment, fold) pairs trained in parallel processes by ``mstnet reproduce``.
         epochs_given: ``epochs`` was asked for (``--epochs``): it then applies to every stage
             of every experiment, also to recipes with a length of their own
-            (``Recipe.length_from_preset=False``).
+            (``Recipe.budget_from_preset=False``).
     """
 
     name: str

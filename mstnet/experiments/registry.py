@@ -99,10 +99,12 @@ class Recipe:
     the first ``frozen_stage_augmentations`` in-plane flips and rotations, and trains the
     classification stage on them (:mod:`mstnet.experiments.frozen_stage`).
 
-    Length: by default a run preset sets ``epochs`` and ``early_stopping_patience`` for every
-    experiment (:class:`mstnet.experiments.presets.RunPreset`); a recipe with
-    ``length_from_preset=False`` keeps its own ``epochs`` / ``stage_epochs`` and patience, a
-    budget chosen for that architecture on inner validation. ``--epochs`` overrides both.
+    Budget: by default a run preset sets ``epochs``, ``batch_size`` and
+    ``early_stopping_patience`` for every experiment
+    (:class:`mstnet.experiments.presets.RunPreset`); a recipe with ``budget_from_preset=False``
+    keeps its own (``epochs`` or ``stage_epochs``, batch size, patience), a budget chosen for
+    that architecture on inner validation and the preset's time limit. ``--epochs`` sets the
+    epochs of every stage of every experiment either way.
     """
 
     epochs: int = 30
@@ -125,7 +127,7 @@ class Recipe:
     output_bias_init: bool = False
     frozen_stage_cache: bool = False
     frozen_stage_augmentations: int = 8
-    length_from_preset: bool = True
+    budget_from_preset: bool = True
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,15 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
 _REGISTRY: dict[str, ExperimentSpec] = {}
 _PLUGIN_PACKAGES = ("mstnet.experiments.catalog", "baselines", "ablations")
 _plugins_loaded = False
+_plugins_loading = False
+
+
+class PluginError(ImportError):
+    """A plugin module failed to import: the registry cannot answer lookups."""
+
+
+_plugin_error: PluginError | None = None
+"""The first plugin failure, raised again by every later lookup (the registry is then unusable, never half-filled)."""
 
 
 def register_experiment(name: str, **spec_fields: Any) -> Callable[[Callable], Callable]:
@@ -357,17 +368,50 @@ def add_experiment(spec: ExperimentSpec) -> ExperimentSpec:
     return spec
 
 
+def _failing_module(error: BaseException, package: str) -> str:
+    """The plugin module where ``error`` arose: the innermost traceback frame in ``package``, or the file of
+    a syntax error in it; ``package`` itself when no frame tells."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return error.filename
+    module = package
+    traceback = error.__traceback__
+    while traceback is not None:
+        name = traceback.tb_frame.f_globals.get("__name__", "")
+        if name == package or name.startswith(f"{package}."):
+            module = name
+        traceback = traceback.tb_next
+    return module
+
+
 def _load_plugins() -> None:
-    """Import the packages whose modules register experiments (idempotent)."""
-    global _plugins_loaded
+    """Import the packages whose modules register experiments, all of them or none.
+
+    Idempotent once it succeeded. A plugin that fails makes this and every later call raise
+    :class:`PluginError` naming the module and its error, so no lookup answers from a half-filled
+    registry. A lookup from a plugin while plugins load is refused: its answer would depend on the
+    order in which plugins register (import what it needs from its module instead).
+    """
+    global _plugins_loaded, _plugins_loading, _plugin_error
+    if _plugin_error is not None:
+        raise PluginError(str(_plugin_error)) from _plugin_error.__cause__
     if _plugins_loaded:
         return
-    for package in _PLUGIN_PACKAGES:
-        try:
-            importlib.import_module(package)
-        except Exception as error:
-            raise ImportError(f"the experiment registry could not load plugin {package!r}: "
-                              f"{type(error).__name__}: {error}") from error
+    if _plugins_loading:
+        raise RuntimeError("an experiment lookup ran while the registry loads its plugins (at import time of a "
+                           "plugin module); the answer would depend on registration order, so import what the "
+                           "module needs directly")
+    _plugins_loading = True
+    try:
+        for package in _PLUGIN_PACKAGES:
+            try:
+                importlib.import_module(package)
+            except Exception as error:
+                _plugin_error = PluginError(f"the experiment registry could not load plugin module "
+                                            f"{_failing_module(error, package)!r}: {type(error).__name__}: {error}")
+                _plugin_error.__cause__ = error
+                raise _plugin_error from error
+    finally:
+        _plugins_loading = False
     _plugins_loaded = True
 
 
