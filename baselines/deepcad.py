@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from baselines._common import MALIGNANCY_CLASSES, LatestScanClassifier, classification_only_recipe, preset_settings
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import with_cpu_recipe
+from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
 
 
 def bn_relu_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -130,7 +130,8 @@ DEEPCAD_PRESETS = {
     group="paper-table",
     table_row="DeepCAD",
     data_view=DataView(timepoints=1, use_clinical=False),
-    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4)),
+    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4),
+                           epochs=CLASSIFIER_EPOCHS),
     footnote="(re-impl.) not described by the comparison papers; built as DeepLung's 3D dual path network, "
              "linear head instead of gradient boosting.",
 )

@@ -22,7 +22,7 @@ from baselines._common import (
     segmentation_only_recipe,
 )
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import with_cpu_recipe
+from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
 
 SEGMENTATION_VIEW = DataView(timepoints=2, use_clinical=False)
 LATEST_SCAN_VIEW = DataView(timepoints=1, use_clinical=False)
@@ -132,4 +132,5 @@ for _name, _builder, _description in (
 ):
     register_experiment(_name, description=_description, tasks=("classification",), group="reference",
                         data_view=LATEST_SCAN_VIEW,
-                        recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3)))(_builder)
+                        recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3),
+                                                       epochs=CLASSIFIER_EPOCHS))(_builder)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from baselines._common import MALIGNANCY_CLASSES, LatestScanClassifier, classification_only_recipe, preset_settings
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import with_cpu_recipe
+from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
 
 
 class ChannelAttention3d(nn.Module):
@@ -142,7 +142,8 @@ NASLUNG_PRESETS = {
     group="paper-table",
     table_row="NASLung",
     data_view=DataView(timepoints=1, use_clinical=False),
-    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4)),
+    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4),
+                           epochs=CLASSIFIER_EPOCHS),
     footnote="(re-impl.) one fixed ResCBAM configuration instead of the architecture search; "
              "cross-entropy instead of A-Softmax; no ensemble.",
 )

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from baselines._common import MALIGNANCY_CLASSES, LatestScanClassifier, classification_only_recipe, preset_settings
 from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import with_cpu_recipe
+from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
 
 
 class SpatialChannelSqueezeExcitation3d(nn.Module):
@@ -93,7 +93,8 @@ SCAN_PRESETS = {
     group="paper-table",
     table_row="SCAN",
     data_view=DataView(timepoints=1, use_clinical=False),
-    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4)),
+    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4),
+                           epochs=CLASSIFIER_EPOCHS),
     footnote="(re-impl.) architecture not published; a 3D CNN with scSE spatial + channel attention.",
 )
 def build_scan(context: ModelContext) -> nn.Module:

@@ -2,7 +2,8 @@
 
 ``tiny`` is for tests (seconds), ``cpu`` reproduces the paper table on a 2-core CPU in under
 half an hour (16 x 48 x 48 crops centred on the nodule's location, a reader's mark, at 2.0 x
-0.7 x 0.7 mm, i.e. 32 x 34 x 34 mm, six epochs per stage, two folds at a time), ``paper`` is the
+0.7 x 0.7 mm, i.e. 32 x 34 x 34 mm, two patients per step, eight epochs per stage unless a
+recipe has a length of its own (:mod:`mstnet.experiments.recipes`), two folds at a time), ``paper`` is the
 published setting for CUDA machines: the full 16 x 512 x 512 slab (``crop_mode="slab"``: the
 whole field in plane, the slices centred on the mark's z1..z2).
 """
@@ -53,7 +54,7 @@ class RunPreset:
 
 RUN_PRESETS: dict[str, RunPreset] = {
     "tiny": RunPreset("tiny", crop_size=(8, 32, 32), epochs=2, batch_size=4, patience=5),
-    "cpu": RunPreset("cpu", crop_size=(16, 48, 48), epochs=6, batch_size=4, patience=4, jobs=2),
+    "cpu": RunPreset("cpu", crop_size=(16, 48, 48), epochs=8, batch_size=2, patience=8, jobs=2),
     "paper": RunPreset("paper", crop_size=(16, 512, 512), epochs=100, batch_size=1, patience=20, crop_mode="slab"),
 }
 

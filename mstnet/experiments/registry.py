@@ -99,12 +99,12 @@ class Recipe:
     the first ``frozen_stage_augmentations`` in-plane flips and rotations, and trains the
     classification stage on them (:mod:`mstnet.experiments.frozen_stage`).
 
-    Budget: by default a run preset sets ``epochs``, ``batch_size`` and
-    ``early_stopping_patience`` for every experiment
+    Budget: a run preset sets ``batch_size`` for every experiment, and by default its
+    ``epochs`` and ``early_stopping_patience`` too
     (:class:`mstnet.experiments.presets.RunPreset`); a recipe with ``budget_from_preset=False``
-    keeps its own (``epochs`` or ``stage_epochs``, batch size, patience), a budget chosen for
-    that architecture on inner validation and the preset's time limit. ``--epochs`` sets the
-    epochs of every stage of every experiment either way.
+    keeps its own length (``epochs`` or ``stage_epochs``, and patience): a budget chosen for
+    that architecture within the preset's time limit. ``--epochs`` sets the epochs of every
+    stage of every experiment either way.
     """
 
     epochs: int = 30

@@ -137,19 +137,18 @@ def training_seeds(spec: ExperimentSpec, seeds: int) -> range:
 
 
 def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
-    """The experiment's recipe for the preset: the preset's training budget (epochs, batch size,
-    patience) unless the recipe has its own (``Recipe.budget_from_preset=False``; ``--epochs``
-    always sets the epochs), then ``--set`` recipe fields, and the seed of training-seed
+    """The experiment's recipe for the preset: the preset's batch size, the preset's training
+    length (epochs, patience) unless the recipe has its own (``Recipe.budget_from_preset=False``;
+    ``--epochs`` always sets the epochs), then ``--set`` recipe fields, and the seed of training-seed
     replicate ``options.seed_index`` (the recipe's seed plus it).
 
     Raises:
         UsageError: a recipe field of the wrong type or out of range.
     """
     preset = options.preset
-    recipe = spec.recipe_for(preset.name)
+    recipe = replace(spec.recipe_for(preset.name), batch_size=preset.batch_size)
     if recipe.budget_from_preset:
-        recipe = replace(recipe, epochs=preset.epochs, batch_size=preset.batch_size,
-                         early_stopping_patience=preset.patience)
+        recipe = replace(recipe, epochs=preset.epochs, early_stopping_patience=preset.patience)
     if preset.epochs_given:
         recipe = replace(recipe, epochs=preset.epochs, stage_epochs=None)
     recipe_overrides, _ = split_overrides(options.params)
