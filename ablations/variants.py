@@ -173,7 +173,7 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation(
         "joint-training", "One joint multi-task stage (0.7 segmentation + 0.3 classification) instead of two stages.",
         "Does end-to-end multi-task training beat the paper's two-stage recipe?",
-        config={"training": "joint"}, stages=JOINT_STAGES,
+        stages=JOINT_STAGES,
     ),
     Ablation(
         "conv-stem", "A convolutional stem instead of the linear patch projection (201 M parameters at paper size).",

@@ -49,8 +49,7 @@ SWITCHES = [
     {"num_numeric": 3},
     {"clinical_cardinalities": (), "num_numeric": 2},
     {"gradient_checkpointing": True},
-    {"channels_last": True},
-    {"training": "joint"},
+    {"channels_last_activations": True},
 ]
 
 
@@ -146,8 +145,6 @@ def test_two_stage_recipe_freezes_the_segmentation_network():
     assert _unused_parameters(model, config, loss_weights=(0.0, 1.0)) == []
     assert all(p.grad is None for p in model.segmentation_parameters())
     torch.testing.assert_close(model.decoder.head[0].adn.N.running_mean, running_mean)
-    assert config.recipe_stages == ("segmentation", "classification")
-    assert mstnet_config("tiny", training="joint").recipe_stages == ("joint",)
 
 
 def test_eval_mode_is_deterministic():
@@ -193,12 +190,12 @@ def test_autocast_forward_and_backward(dtype):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_gradient_checkpointing_and_channels_last_do_not_change_the_numbers():
+def test_gradient_checkpointing_and_channels_last_activations_do_not_change_the_numbers():
     config = mstnet_config("tiny")
     torch.manual_seed(0)
     reference = build_mstnet(config).train()
     variants = []
-    for overrides in ({"gradient_checkpointing": True}, {"channels_last": True}):
+    for overrides in ({"gradient_checkpointing": True}, {"channels_last_activations": True}):
         torch.manual_seed(0)
         variant = build_mstnet(mstnet_config("tiny", **overrides)).train()
         variant.load_state_dict(reference.state_dict())

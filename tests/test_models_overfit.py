@@ -43,7 +43,7 @@ def hard_dice(logits, masks):
 
 def train(steps, seed=0):
     torch.manual_seed(seed)
-    config = mstnet_config("tiny", training="joint")
+    config = mstnet_config("tiny")
     model = build_mstnet(config).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn = MultiTaskLoss(0.7, 0.3)

@@ -141,7 +141,7 @@ def time_step(model: Any, config: Any, batch_size: int, device: str, repeats: in
 
     torch_device = torch.device(device)
     batch = make_batch(config, batch_size, device)
-    loss_fn = MultiTaskLoss(seg_weight=config.seg_loss_weight, cls_weight=config.cls_loss_weight)
+    loss_fn = MultiTaskLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     use_clinical = config.use_clinical
 

@@ -27,8 +27,10 @@ from mstnet.metrics.statistics import (
     wilcoxon_per_patient,
     wilcoxon_signed_rank,
 )
+from mstnet.metrics.thresholds import DECISION_THRESHOLD
 
 __all__ = [
+    "DECISION_THRESHOLD",
     "bootstrap_ci",
     "bootstrap_mean_ci",
     "bootstrap_p_value",

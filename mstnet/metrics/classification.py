@@ -28,6 +28,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from mstnet.metrics.thresholds import DECISION_THRESHOLD
+
 log = logging.getLogger(__name__)
 
 AVERAGES: tuple[str, ...] = ("binary", "weighted")
@@ -86,7 +88,7 @@ def roc_auc(y_true: Any, y_prob: Any) -> float:
 
 
 def classification_metrics(
-    y_true: Any, y_prob: Any, threshold: float = 0.5, average: str = "binary", zero_division: float = math.nan
+    y_true: Any, y_prob: Any, threshold: float = DECISION_THRESHOLD, average: str = "binary", zero_division: float = math.nan
 ) -> dict[str, float]:
     """Accuracy, precision, recall, specificity, F1, ROC AUC and Brier score for one set of patients.
 
@@ -94,7 +96,7 @@ def classification_metrics(
         y_true: (N,) labels, 0 benign / 1 malignant (numpy, list or torch tensor).
         y_prob: (N,) predicted malignancy probabilities in [0, 1].
         threshold: a patient is predicted malignant when its probability is >= threshold.
-            Defaults to 0.5.
+            Defaults to :data:`~mstnet.metrics.thresholds.DECISION_THRESHOLD` (0.5).
         average: ``"binary"`` (default): precision, recall, F1 of the malignant class and
             specificity = recall of the benign class. ``"weighted"`` (what the release used):
             scikit-learn's support-weighted average over both classes for precision, recall

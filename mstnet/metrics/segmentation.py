@@ -36,6 +36,8 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
+from mstnet.metrics.thresholds import DECISION_THRESHOLD
+
 CONVENTIONS: tuple[str, ...] = ("monai", "medpy")
 HD_PERCENTILE: float = 95.0
 
@@ -56,7 +58,7 @@ def to_binary_mask(mask: Any, name: str = "mask") -> np.ndarray:
         raise ValueError(f"{name}: expected a numeric or boolean array, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
         raise ValueError(f"{name}: contains NaN values; a mask must be binary or a probability map")
-    return array > 0.5
+    return array > DECISION_THRESHOLD
 
 
 def _check_spacing(spacing: Sequence[float] | float, ndim: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from mstnet.metrics.classification import nan_weighted_average, validate_binary_predictions
+from mstnet.metrics.thresholds import DECISION_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def classification_metric_samples(
-    labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, threshold: float | np.ndarray = 0.5,
+    labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, threshold: float | np.ndarray = DECISION_THRESHOLD,
     average: str = "binary",
 ) -> dict[str, np.ndarray]:
     """Every classification metric on every resample at once.

@@ -29,7 +29,6 @@ TEMPORAL_FUSIONS = ("cmstf", "cmstf_nodiff", "concat", "mean", "last")
 CROSS_MODAL_FUSIONS = ("cmaf", "concat")
 PATCH_EMBEDDINGS = ("linear", "conv_stem")
 STDM_AXES = ("depth", "time")
-TRAINING_RECIPES = ("two_stage", "joint")
 
 NLST_LIKE_CARDINALITIES = (8, 3, 3, 21, 7, 4)
 """Codes per categorical column (unknown code 0 included) for race, cigsmok, gender, age,
@@ -43,7 +42,9 @@ def _is_power_of_two(value: int) -> bool:
 
 @dataclass(frozen=True)
 class MSTNetConfig:
-    """Every size and switch of :class:`mstnet.models.mstnet.MSTNet`.
+    """Every size and switch of :class:`mstnet.models.mstnet.MSTNet`: architecture only (how it is
+    trained, stages and loss weights included, is the experiment's
+    :class:`mstnet.experiments.registry.Recipe`).
 
     Defaults are the paper's reference configuration (the ``paper`` preset).
 
@@ -87,13 +88,11 @@ class MSTNetConfig:
         cmaf_dropout: CMAF attention dropout (0.2).
         head_hidden_sizes: classification head hidden widths (256, 128).
         classifier_dropout: dropout in the fusion MLPs and the head (0.0).
-        training: "two_stage" (paper: segmentation, then classification with the
-            segmentation network frozen) or "joint" (one multi-task stage).
-        seg_loss_weight: segmentation loss weight of the joint recipe (0.7).
-        cls_loss_weight: classification loss weight of the joint recipe (0.3).
         gradient_checkpointing: recompute ViT blocks and decoder stages in backward.
-        channels_last: run the convolutional decoder in channels-last-3d memory format
-            (faster convolutions on recent GPUs).
+        channels_last_activations: keep MST-Net's activations channels-last inside the model: its
+            input scans, the decoder and the global branch run in channels-last-3d memory format
+            (faster convolutions on recent GPUs; the same values up to rounding). The harness's
+            ``Recipe.channels_last`` only stores every convolution weight channels-last.
     """
 
     image_size: tuple[int, int, int] = (16, 512, 512)
@@ -128,11 +127,8 @@ class MSTNetConfig:
     cmaf_dropout: float = 0.2
     head_hidden_sizes: tuple[int, int] = (256, 128)
     classifier_dropout: float = 0.0
-    training: Literal["two_stage", "joint"] = "two_stage"
-    seg_loss_weight: float = 0.7
-    cls_loss_weight: float = 0.3
     gradient_checkpointing: bool = False
-    channels_last: bool = False
+    channels_last_activations: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "decoder_channels", "clinical_cardinalities",
@@ -145,7 +141,7 @@ class MSTNetConfig:
             raise ValueError(f"MSTNetConfig: {message}")
 
         choices = {"patch_embedding": PATCH_EMBEDDINGS, "stdm_axis": STDM_AXES, "temporal_fusion": TEMPORAL_FUSIONS,
-                   "cross_modal_fusion": CROSS_MODAL_FUSIONS, "training": TRAINING_RECIPES}
+                   "cross_modal_fusion": CROSS_MODAL_FUSIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(f"{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -180,8 +176,6 @@ class MSTNetConfig:
             fail(f"fusion_size={self.fusion_size} is not divisible by cmaf_heads={self.cmaf_heads}")
         if self.time_encoding and self.temporal_fusion not in ("cmstf", "cmstf_nodiff"):
             fail(f"time_encoding needs temporal_fusion 'cmstf' or 'cmstf_nodiff', not {self.temporal_fusion!r}")
-        if min(self.seg_loss_weight, self.cls_loss_weight) < 0:
-            fail("loss weights must be non-negative")
 
     @property
     def effective_patch_size(self) -> tuple[int, int, int]:
@@ -194,11 +188,6 @@ class MSTNetConfig:
         depth = 1 if self.planar else self.image_size[0]
         sizes = (depth, *self.image_size[1:])
         return tuple(s // p for s, p in zip(sizes, self.effective_patch_size))
-
-    @property
-    def recipe_stages(self) -> tuple[str, ...]:
-        """Training stages for the harness: ("segmentation", "classification") or ("joint",)."""
-        return ("segmentation", "classification") if self.training == "two_stage" else ("joint",)
 
 
 PRESETS: dict[str, MSTNetConfig] = {

@@ -11,6 +11,13 @@ from torch import Tensor, nn
 
 from mstnet.models.output import ModelOutput
 
+DEFAULT_SEG_LOSS_WEIGHT = 0.7
+"""Weight of the segmentation term in a joint (multi-task) stage: the release's joint run
+(:class:`MultiTaskLoss`, :attr:`mstnet.experiments.registry.Recipe.seg_loss_weight`)."""
+
+DEFAULT_CLS_LOSS_WEIGHT = 0.3
+"""Weight of the classification term in a joint stage (the release's joint run)."""
+
 
 class MultiTaskLoss(nn.Module):
     """``seg_weight`` x segmentation loss + ``cls_weight`` x cross-entropy.
@@ -30,12 +37,12 @@ class MultiTaskLoss(nn.Module):
     -> (total, {"segmentation": ..., "classification": ...})`` (parts detached).
 
     Args:
-        seg_weight: weight of the segmentation term (0.7, the release's joint run).
-        cls_weight: weight of the classification term (0.3).
+        seg_weight: weight of the segmentation term (:data:`DEFAULT_SEG_LOSS_WEIGHT`).
+        cls_weight: weight of the classification term (:data:`DEFAULT_CLS_LOSS_WEIGHT`).
         segmentation_loss: "dice_ce" (default) or "dice" (the release).
     """
 
-    def __init__(self, seg_weight: float = 0.7, cls_weight: float = 0.3,
+    def __init__(self, seg_weight: float = DEFAULT_SEG_LOSS_WEIGHT, cls_weight: float = DEFAULT_CLS_LOSS_WEIGHT,
                  segmentation_loss: Literal["dice_ce", "dice"] = "dice_ce") -> None:
         super().__init__()
         if segmentation_loss not in ("dice_ce", "dice"):

@@ -28,17 +28,10 @@ from mstnet.models.clinical import ClinicalEncoder
 from mstnet.models.config import MSTNetConfig
 from mstnet.models.decoder import UNETRDecoder
 from mstnet.models.fusion import CrossModalAttentionFusion, TemporalFusion
-from mstnet.models.output import ModelOutput
+from mstnet.models.output import ModelOutput, foreground_map
 from mstnet.models.resnet3d import GlobalBranchResNet3d
 from mstnet.models.stdm import STDM
 from mstnet.models.vit import ViTEncoder
-
-
-def foreground_map(seg_logits: Tensor) -> Tensor:
-    """(N, K, D, H, W) logits -> (N, 1, D, H, W) foreground probability (K = 1 sigmoid, K = 2 softmax)."""
-    if seg_logits.shape[1] == 1:
-        return torch.sigmoid(seg_logits)
-    return torch.softmax(seg_logits, dim=1)[:, 1:]
 
 
 class SpatiotemporalClassifier(nn.Module):
@@ -102,11 +95,11 @@ class MSTNet(nn.Module):
     [B, N] float, days [B, T] float) -> ModelOutput`` with ``seg_logits [B, T, K, D, H, W]``
     (K = ``num_seg_classes``, 1 = sigmoid foreground) and ``cls_logits [B, 2]``.
 
-    Training recipes: ``training="joint"`` optimises both losses at once (0.7 Dice + 0.3 CE
-    by default, see :class:`mstnet.models.losses.MultiTaskLoss`). ``training="two_stage"``
-    (the release): train on the segmentation loss, then call :meth:`freeze_segmentation` and
-    train :meth:`classification_parameters` on cross-entropy; the frozen segmentation network
-    then runs without autograd and stays in eval mode.
+    Training (the experiment's recipe stages): a joint stage optimises both losses at once
+    (:class:`mstnet.models.losses.MultiTaskLoss`); the release's two stages train on the
+    segmentation loss, then call :meth:`freeze_segmentation` and train
+    :meth:`classification_parameters` on cross-entropy; the frozen segmentation network then
+    runs without autograd and stays in eval mode.
 
     Args:
         config: every size and switch (:class:`MSTNetConfig`).
@@ -138,7 +131,7 @@ class MSTNet(nn.Module):
                                             config.clinical_embedding_size, config.fusion_size)
         self.classifier = SpatiotemporalClassifier(config)
         self.segmentation_frozen = False
-        if config.channels_last:
+        if config.channels_last_activations:
             self.decoder.to(memory_format=torch.channels_last_3d)
             self.classifier.global_branch.to(memory_format=torch.channels_last_3d)
 
@@ -216,7 +209,7 @@ class MSTNet(nn.Module):
         depth, height, width = self.config.image_size
         scans = images.reshape(batch * timepoints * depth, 1, 1, height, width) if self.config.planar else \
             images.reshape(batch * timepoints, 1, depth, height, width)
-        if self.config.channels_last:
+        if self.config.channels_last_activations:
             scans = scans.contiguous(memory_format=torch.channels_last_3d)
         taps = self.vit(scans)
         logits = self.decoder(scans, taps, self._refine(self.stdm_z9, batch, timepoints),
