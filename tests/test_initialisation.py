@@ -15,7 +15,9 @@ import torch
 
 from mstnet.experiments.initialisation import initialise_output_biases
 from mstnet.experiments.registry import ModelContext, Recipe, get_experiment, list_experiments
-from mstnet.experiments.training import foreground_probability, malignancy_probability, stage_scheduler
+from mstnet.experiments.optimisation import stage_scheduler
+from mstnet.experiments.training import malignancy_probability
+from mstnet.models.output import foreground_map
 
 FOREGROUND_PRIOR = 0.02
 CLASS_PRIOR = 0.3
@@ -50,7 +52,7 @@ def test_initial_mean_probabilities_equal_the_priors(name):
         assert result.segmentation_layer is not None
         assert abs(result.segmentation_before - FOREGROUND_PRIOR) > 0.1 * FOREGROUND_PRIOR  # it had to move
         for output in outputs:
-            assert float(foreground_probability(output.seg_logits).mean()) == pytest.approx(FOREGROUND_PRIOR, rel=0.1)
+            assert float(foreground_map(output.seg_logits.float()).mean()) == pytest.approx(FOREGROUND_PRIOR, rel=0.1)
     if classification:
         assert result.classification_layer is not None
         for output in outputs[:1]:

@@ -21,7 +21,7 @@ from mstnet.data.dataset import PatientDataset
 from mstnet.data.io import read_mask, read_volume, write_nifti
 from mstnet.data.transforms import AugmentConfig, PreprocessConfig, jitter_offsets, paste_into_field, preprocess_scan, preprocessing_transform
 from mstnet.experiments.presets import run_preset
-from mstnet.experiments.runner import evaluate_fold, field_segmentation_metrics
+from mstnet.experiments.evaluation_fold import evaluate_fold, field_segmentation_metrics
 from mstnet.metrics import segmentation_metrics
 from mstnet.models.output import ModelOutput
 from mstnet.synth import synth_config, synthesize_cohort
@@ -249,8 +249,7 @@ def _evaluate(cohort: Cohort, model: torch.nn.Module) -> list[dict]:
     data = SimpleNamespace(test=dataset, validation=dataset)
     spec = SimpleNamespace(tasks=("segmentation",), data_view=SimpleNamespace(use_clinical=False))
     options = SimpleNamespace(preset=SimpleNamespace(batch_size=1), device=torch.device("cpu"), workers=0)
-    _, _, scans, _, _ = evaluate_fold(model, data, spec, options, SimpleNamespace(amp=False), fold=0)
-    return scans
+    return evaluate_fold(model, data, spec, options, SimpleNamespace(amp=False), fold=0).scans
 
 
 def test_evaluate_fold_scores_each_scan_on_its_whole_field_at_its_own_spacing(tmp_path):

@@ -212,7 +212,7 @@ def _case(patient_id: str, n_timepoints: int = 2, size: int = 12):
 
 
 def test_the_gallery_names_the_real_time_points_and_each_scans_dice(tmp_path, monkeypatch):
-    from mstnet.experiments.runner import _write_gallery
+    from mstnet.experiments.evaluation_fold import write_gallery
     from mstnet.reporting import figures
 
     # the model saw the latest two of three scans: T1 and T2 (and, for P2, T2 and T3)
@@ -221,7 +221,7 @@ def test_the_gallery_names_the_real_time_points_and_each_scans_dice(tmp_path, mo
              {"patient_id": "P2", "timepoint": "T2", "fold": 0, "dice": 0.80},
              {"patient_id": "P2", "timepoint": "T3", "fold": 0, "dice": 0.90}]
     path = tmp_path / "gallery.npz"
-    _write_gallery(path, [_case("P1"), _case("P2")], scans)
+    write_gallery(path, [_case("P1"), _case("P2")], scans)
     gallery = figures.read_gallery(path)
     assert gallery["timepoints"].tolist() == [["T1", "T2"], ["T2", "T3"]]
     assert gallery["scan_dice"].tolist() == [[0.5, 0.7], [0.8, 0.9]]

@@ -6,8 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from mstnet.experiments.registry import Recipe
+from mstnet.errors import UsageError
+from mstnet.experiments.optimisation import SGD_MOMENTUM, stage_optimizer
+from mstnet.experiments.registry import OPTIMIZERS, Recipe, checked_recipe
 from mstnet.experiments.training import fit, stages_for, to_channels_last
+from mstnet.models.losses import MultiTaskLoss
 from mstnet.models.output import ModelOutput
 
 
@@ -142,3 +145,49 @@ def test_channels_last_changes_layout_not_values():
     torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
     for parameter, expected in zip(model.parameters(), reference_grads):
         torch.testing.assert_close(parameter.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_recipe_optimizer_builds_and_takes_a_step(name):
+    torch.manual_seed(0)
+    model = TinyTwoTaskNet()
+    optimizer = stage_optimizer(Recipe(optimizer=name, learning_rate=1e-2, weight_decay=1e-4), model.parameters())
+    assert type(optimizer) is OPTIMIZER_CLASSES[name]
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 1e-2 and group["weight_decay"] == 1e-4
+    if name == "sgd":
+        assert group["momentum"] == SGD_MOMENTUM == 0.99 and group["nesterov"] is True
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = TRAIN[0]
+    loss, _ = MultiTaskLoss()(model(batch["image"]), batch["mask"], batch["label"], batch["has_mask"])
+    loss.backward()
+    optimizer.step()
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after)), "every parameter moves"
+
+
+def test_fit_trains_with_the_recipes_optimizer(tmp_path):
+    def stop_after_first_epoch(record):
+        raise Interrupt("injected")
+
+    recipe = Recipe(epochs=2, learning_rate=1e-2, optimizer="sgd", stages=("segmentation",), seed=3)
+    torch.manual_seed(0)
+    with pytest.raises(Interrupt):
+        fit(TinyTwoTaskNet(), _train_loader, VALIDATION, recipe, ("segmentation",), tmp_path, torch.device("cpu"),
+            use_clinical=False, callbacks=[stop_after_first_epoch], progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["stage_index"] == 0
+    assert state["optimizer"]["param_groups"][0]["nesterov"] is True
+    assert state["optimizer"]["param_groups"][0]["momentum"] == SGD_MOMENTUM
+
+
+def test_an_unknown_optimizer_is_refused_in_one_line():
+    with pytest.raises(UsageError) as refused:
+        checked_recipe("mstnet", Recipe(), {"optimizer": "rmsprop"})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "optimizer 'rmsprop'" in message and "adam, adamw, sgd" in message

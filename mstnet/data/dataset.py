@@ -67,6 +67,13 @@ longer dependent on the thread count that computed them.
 3: crops placed from the nodule location only (no mask-centroid fallback); entries hold the
 crop box (first voxel and field shape); training entries are the margin-enlarged box."""
 
+AUGMENTATION_SEED_PER_EPOCH_SEED = 1_000_003
+"""Step of an item's augmentation seed per unit of the epoch's: item ``index`` of the epoch with
+augmentation seed s is augmented with seed (s x 1_000_003 + index) mod 2**32 (MONAI's random
+state takes 32 bits). A prime above any cohort's patient count, so within an epoch, and across
+consecutive epochs, no two (epoch, patient) pairs share a seed; a function of these two only,
+so results do not depend on DataLoader workers or on resuming."""
+
 Entry = tuple[np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray]
 """A preprocessed scan: image, mask, spacing and the crop box (int64 ``[2, 3]``: first voxel, field shape)."""
 
@@ -248,7 +255,8 @@ class PatientDataset(Dataset):
         image = torch.from_numpy(np.stack(images))
         mask = torch.from_numpy(np.stack(masks).astype(np.float32))
         if self.augmentation is not None:
-            self.augmentation.set_random_state(seed=(self.augmentation_seed * 1_000_003 + index) % 2**32)
+            item_seed = (self.augmentation_seed * AUGMENTATION_SEED_PER_EPOCH_SEED + index) % 2**32
+            self.augmentation.set_random_state(seed=item_seed)
             augmented = self.augmentation({"image": image.clone(), "mask": mask.clone()})
             image, mask = _plain(augmented["image"]), (_plain(augmented["mask"]) > 0.5).float()
         present = torch.tensor([scan.mask is not None for scan in scans])

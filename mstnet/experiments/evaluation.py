@@ -11,7 +11,7 @@
   that scan (shape, spacing, origin and axis directions after the readers' reorientation to
   RAS+), against the scan's full reference mask at the scan's own spacing: the same
   :func:`mstnet.metrics.segmentation_metrics` call the harness makes on its test folds
-  (:func:`mstnet.experiments.runner.field_segmentation_metrics`). A mask whose grid is not
+  (:func:`mstnet.experiments.evaluation_fold.field_segmentation_metrics`). A mask whose grid is not
   the image's (another shape, spacing, origin or orientation) is refused, naming the file and
   both geometries, unless ``resample=True`` (``--resample``): it is then resampled onto the
   image grid with SimpleITK, nearest neighbour, through physical coordinates. A mask stored
@@ -68,9 +68,10 @@ from mstnet.data.io import (
     read_volume_info,
 )
 from mstnet.errors import UsageError
+from mstnet.experiments.fold_metrics import fold_metrics
 from mstnet.experiments.identity import CONFIG_FILE, IDENTITY_KEY, cohort_fingerprint, configuration_hash
 from mstnet.experiments.splits import Fold, Splits
-from mstnet.metrics import classification_metrics, segmentation_metrics
+from mstnet.metrics import DECISION_THRESHOLD, segmentation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,6 @@ PREDICTION_RECORD = "prediction.json"
 EXTERNAL_KIND = "external"
 """``experiment.json`` ``kind`` of results written by ``mstnet evaluate``."""
 
-THRESHOLD = 0.5
 SPACING_RTOL = 1e-4
 """Relative tolerance on spacings (headers store float32)."""
 ORIGIN_TOL_VOXELS = 0.01
@@ -410,27 +410,6 @@ class Evaluation:
         return self.runs_dir / self.name.replace("/", "__")
 
 
-def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in metrics.items()}
-
-
-def fold_metrics(patients: list[dict[str, Any]], scans: list[dict[str, Any]]) -> dict[str, Any]:
-    """``metrics.json`` of one fold, computed as the harness does (and as ``mstnet report`` recomputes it)."""
-    metrics: dict[str, Any] = {"segmentation": None, "classification": None, "convention": "monai",
-                               "average": "binary", "threshold": THRESHOLD}
-    if scans:
-        frame = pd.DataFrame(scans)
-        metrics["segmentation"] = _clean({k: float(frame[k].mean()) for k in ("dice", "jaccard", "hd95", "asd")})
-    if patients:
-        frame = pd.DataFrame(patients)
-        block = _clean(classification_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(),
-                                              threshold=THRESHOLD))
-        metrics["classification"] = block
-        metrics["classification_at_validation_threshold"] = dict(block)  # no inner validation: the fixed threshold
-        metrics["validation_threshold"] = THRESHOLD
-    return metrics
-
-
 def _prediction_record(folder: Path) -> dict[str, Any]:
     """``prediction.json`` of a folder written by ``mstnet predict`` / ``--export-masks`` ({} when absent or unreadable)."""
     record = folder / PREDICTION_RECORD
@@ -588,7 +567,7 @@ def evaluate_predictions(predictions: str | Path, cohort: Cohort, runs_dir: str 
                         evaluation.resampled.setdefault(k, []).append(str(masks[patient_id, scan.timepoint]))
                     scans.append({"patient_id": patient_id, "timepoint": scan.timepoint, "fold": k, **values})
         evaluation.patients[k], evaluation.scans[k] = patients, scans
-        evaluation.metrics[k] = fold_metrics(patients, scans)
+        evaluation.metrics[k] = fold_metrics(scans, patients)
     scored = {(r["patient_id"], r["timepoint"]) for rows in evaluation.scans.values() for r in rows}
     ignored = len(set(masks) - scored)
     if ignored:
@@ -669,7 +648,7 @@ def _write(evaluation: Evaluation, cohort: Cohort, cohort_dir, predictions: Path
         _write_json(fold_dir / "run.json", {
             "status": "complete", "experiment": evaluation.name, "fold": k, "splits_hash": splits.hash,
             "started": started, "finished": finished, "wall_s": wall_s, "attempts": [], "selected_epoch": None,
-            "threshold": THRESHOLD, "resumed_from_epoch": None, "evaluated_by": "mstnet evaluate",
+            "threshold": DECISION_THRESHOLD, "resumed_from_epoch": None, "evaluated_by": "mstnet evaluate",
             "resampled_masks": evaluation.resampled.get(k, []), "python": platform.python_version(),
         })
     log.info("%s: %s scored on fold(s) %s -> %s", evaluation.name, "+".join(evaluation.tasks),

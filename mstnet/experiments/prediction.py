@@ -55,10 +55,9 @@ from mstnet.experiments.evaluation import (
     stored_affine,
     volume_geometry,
 )
+from mstnet.metrics import DECISION_THRESHOLD
 
 log = logging.getLogger(__name__)
-
-THRESHOLD = 0.5
 
 
 # ----------------------------------------------------------------------------------------------- writing masks
@@ -132,7 +131,7 @@ class PredictionWriter:
                 raise CohortError(Problem(f"the crop lies on a grid of {shape}, the image has {image_shape} (resampled "
                                           "preprocessing): cannot paste the prediction into the image's field",
                                           patient_id=patient_id, timepoint=scan.timepoint, file=str(scan.image)))
-            crop = foreground[t] > THRESHOLD if foreground.dtype != bool else foreground[t]
+            crop = foreground[t] > DECISION_THRESHOLD if foreground.dtype != bool else foreground[t]
             field_mask = paste_into_field(crop.astype(np.uint8), [int(v) for v in crop_start[t]], shape)
             write_mask_like(self.folder / mask_name(self.pattern, patient_id, scan.timepoint), field_mask, scan.image)
             self.masks += 1
@@ -142,7 +141,7 @@ class PredictionWriter:
             frame = pd.DataFrame({"patient_id": list(self.probabilities), "probability": list(self.probabilities.values())})
             write_text_atomic(self.folder / PROBABILITIES_FILE, frame.to_csv(index=False))
         record = {**self.record, "pattern": self.pattern, "masks": self.masks, "patients_with_probability":
-                  len(self.probabilities), "threshold": THRESHOLD}
+                  len(self.probabilities), "threshold": DECISION_THRESHOLD}
         write_text_atomic(self.folder / PREDICTION_RECORD, json.dumps(record, indent=2, default=str) + "\n")
         return self.folder
 
@@ -320,7 +319,7 @@ def predict_cohort(run_dir: str | Path, cohort: Cohort, out: str | Path, *, expe
 
     from mstnet.data.dataset import PatientDataset, collate_patients
     from mstnet.data.transforms import PreprocessConfig
-    from mstnet.experiments.runner import predict
+    from mstnet.experiments.evaluation_fold import predict
     from mstnet.experiments.splits import Splits
 
     device = torch.device(device) if isinstance(device, str) else device

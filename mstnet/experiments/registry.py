@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from mstnet.errors import UnknownNameError, UsageError, choices
 from mstnet.information import INFORMATION_KEYS, information_key
+from mstnet.models.losses import DEFAULT_CLS_LOSS_WEIGHT, DEFAULT_SEG_LOSS_WEIGHT
 
 GROUPS = ("paper-table", "reference", "ablation", "extra")
 TASKS = ("segmentation", "classification")
@@ -83,11 +84,14 @@ class Recipe:
     """How an experiment is trained; every field can be overridden from the CLI or Optuna.
 
     The default is the public release's recipe: Adam, learning rate 1e-4, cosine decay to
-    0.1x. ``stages`` is ``("joint",)`` for one stage on all losses, or
-    ``("segmentation", "classification")`` for the paper's two-stage recipe (the second
-    stage freezes what the first trained). ``amp`` turns on autocast on CUDA (bf16 where
-    supported); ``channels_last`` stores convolution weights channels-last, which speeds up
-    3D convolutions on CPU and GPU without changing values.
+    0.1x. ``optimizer`` is one of :data:`OPTIMIZERS` (``"adamw"``; ``"sgd"``: Nesterov momentum
+    0.99 as in nnU-Net; :func:`mstnet.experiments.optimisation.stage_optimizer`). ``stages`` is
+    ``("joint",)`` for one stage on all losses (weighted by ``seg_loss_weight`` and
+    ``cls_loss_weight``), or ``("segmentation", "classification")`` for the paper's two-stage
+    recipe (the second stage freezes what the first trained). ``amp`` turns on autocast on CUDA
+    (bf16 where supported); ``channels_last`` stores every convolution weight channels-last
+    (:func:`mstnet.experiments.training.to_channels_last`), which speeds up 3D convolutions
+    on CPU and GPU without changing values.
 
     Beyond the release (named fields, off by default so the ``paper`` preset reproduces it):
     ``lr_schedule="warmup_cosine"`` steps the schedule per optimizer step, with a linear
@@ -116,8 +120,8 @@ class Recipe:
     gradient_accumulation: int = 1
     stages: tuple[str, ...] = ("joint",)
     stage_epochs: tuple[int, ...] | None = None
-    seg_loss_weight: float = 0.7
-    cls_loss_weight: float = 0.3
+    seg_loss_weight: float = DEFAULT_SEG_LOSS_WEIGHT
+    cls_loss_weight: float = DEFAULT_CLS_LOSS_WEIGHT
     augment: bool = True
     amp: bool = True
     channels_last: bool = True
@@ -128,6 +132,7 @@ class Recipe:
     frozen_stage_cache: bool = False
     frozen_stage_augmentations: int = 8
     budget_from_preset: bool = True
+    optimizer: str = "adam"
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,9 @@ class ExperimentSpec:
 
 
 LR_SCHEDULES = ("epoch_cosine", "warmup_cosine")
-"""``Recipe.lr_schedule`` values (see :func:`mstnet.experiments.training.stage_scheduler`)."""
+OPTIMIZERS = ("adam", "adamw", "sgd")
+"""``Recipe.optimizer`` values (see :func:`mstnet.experiments.optimisation.stage_optimizer`)."""
+"""``Recipe.lr_schedule`` values (see :func:`mstnet.experiments.optimisation.stage_scheduler`)."""
 
 RECIPE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe))
 """Keys of ``--set`` that change the training recipe; every other key is a model setting."""
@@ -310,7 +317,7 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
 
     Raises:
         UsageError: a value of the wrong type, a non-positive epoch count, batch size,
-            learning rate or patience, or an unknown training stage.
+            learning rate or patience, or an unknown training stage, schedule or optimizer.
     """
     defaults = dataclasses.asdict(recipe)
     if recipe.stage_epochs is None:
@@ -327,6 +334,8 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
             raise UsageError(f"{owner}: stage_epochs must be positive integers, got {values['stage_epochs']!r}")
     if values["lr_schedule"] not in LR_SCHEDULES:
         raise UsageError(f"{owner}: lr_schedule {values['lr_schedule']!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if values["optimizer"] not in OPTIMIZERS:
+        raise UsageError(f"{owner}: optimizer {values['optimizer']!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not 1 <= values["frozen_stage_augmentations"] <= 16:
         raise UsageError(f"{owner}: frozen_stage_augmentations must be 1..16, got {values['frozen_stage_augmentations']!r}")
     if not 0 <= values["warmup_fraction"] < 1:

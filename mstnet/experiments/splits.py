@@ -20,6 +20,10 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from mstnet.atomic import write_text_atomic
 
+INNER_SPLIT_SEED_OFFSET = 1000
+"""The inner validation split of outer fold k is drawn with seed + 1000 + k (the outer folds with
+``seed`` itself): a seed of its own per fold, apart from the outer draw's."""
+
 
 @dataclass(frozen=True)
 class Fold:
@@ -109,7 +113,8 @@ def make_splits(
     folds = []
     for k, (train_index, test_index) in enumerate(outer.split(ids, y)):
         train_ids, validation_ids = train_test_split(
-            ids[train_index], test_size=validation_fraction, stratify=y[train_index], random_state=seed + 1000 + k
+            ids[train_index], test_size=validation_fraction, stratify=y[train_index],
+            random_state=seed + INNER_SPLIT_SEED_OFFSET + k,
         )
         folds.append(
             Fold(

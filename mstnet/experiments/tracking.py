@@ -54,7 +54,7 @@ EXTRA = "tracking"
 TENSORBOARD_DIR = "tensorboard"
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 SCALARS = ("train_loss", "val_loss", "val_dice", "val_auc", "lr")
-"""Fields of :class:`mstnet.experiments.training.EpochRecord` logged after every epoch."""
+"""Fields of :class:`mstnet.experiments.training_state.EpochRecord` logged after every epoch."""
 ARTIFACTS_LEFT_OUT = ("last.pt", TENSORBOARD_DIR)
 """Fold files MLflow does not get: the resume state (the largest file) and the TensorBoard events."""
 TRUTH_RGB = (0.1, 0.85, 0.2)
@@ -191,7 +191,9 @@ class ValidationCases:
             return None
         import torch
 
-        from mstnet.experiments.training import autocast_context, foreground_probability, forward_batch, move_batch
+        from mstnet.experiments.training import autocast_context, forward_batch, move_batch
+        from mstnet.metrics import DECISION_THRESHOLD
+        from mstnet.models.output import foreground_map
 
         was_training = self.model.training
         self.model.eval()
@@ -200,9 +202,10 @@ class ValidationCases:
                 output = forward_batch(self.model, move_batch(self.batch, self.device), self.use_clinical)
         finally:
             self.model.train(was_training)
-        foreground = None if output.seg_logits is None else (foreground_probability(output.seg_logits) > 0.5).cpu().numpy()
+        foreground = None if output.seg_logits is None else \
+            (foreground_map(output.seg_logits.float())[:, :, 0] > DECISION_THRESHOLD).cpu().numpy()
         images = self.batch["image"][:, :, 0].float().numpy()
-        masks = self.batch["mask"][:, :, 0].numpy() > 0.5
+        masks = self.batch["mask"][:, :, 0].numpy() > DECISION_THRESHOLD
         rows = [case_panel(images[i], masks[i], None if foreground is None else foreground[i])
                 for i in range(images.shape[0])]
         width = max(row.shape[1] for row in rows)

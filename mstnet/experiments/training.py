@@ -7,10 +7,10 @@ validation split; the checkpoint with the best validation score (the negative va
 loss of the stage's objective) is kept, with early stopping after ``patience`` epochs
 without improvement. The test fold never enters this module.
 
-After every epoch the complete state (weights, optimiser, scheduler, best weights, history)
-is written atomically to ``last.pt``; a fit started again on the same folder resumes from
-it. Data order and augmentation are seeded by (seed, stage, epoch), so a resumed fit
-equals an uninterrupted one.
+After every epoch the complete :class:`TrainingState` (weights, optimiser, scheduler, best
+weights, history) is written atomically to ``last.pt``; a fit started again on the same
+folder resumes from it. Data order and augmentation are seeded by (seed, stage, epoch)
+(:func:`epoch_seed`), so a resumed fit equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -28,19 +28,40 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from mstnet.atomic import atomic_path
+from mstnet.experiments.distributed import is_main_process, unwrap
 from mstnet.experiments.frozen_stage import FrozenStageData
+from mstnet.experiments.optimisation import optimizer_step, stage_optimizer, stage_scheduler
 from mstnet.experiments.registry import Recipe
+from mstnet.metrics import DECISION_THRESHOLD
 from mstnet.models.losses import MultiTaskLoss
-from mstnet.models.output import ModelOutput
+from mstnet.experiments.training_state import Checkpoints, EpochRecord, TrainingState
+from mstnet.models.output import ModelOutput, foreground_map
 
 log = logging.getLogger(__name__)
 
 BATCH_TENSOR_KEYS = ("image", "mask", "has_mask", "days", "clinical_categorical", "clinical_numeric", "label")
+
+EPOCH_SEED_PER_RECIPE_SEED = 100_003
+"""Step of an epoch's seed per unit of the recipe's seed (:func:`epoch_seed`)."""
+
+EPOCH_SEED_PER_STAGE = 10_007
+"""Step of an epoch's seed per stage (:func:`epoch_seed`)."""
+
+
+def epoch_seed(recipe_seed: int, stage_index: int, epoch: int) -> int:
+    """The seed of one epoch's data order and augmentation (and of ``torch.manual_seed`` for dropout):
+    ``recipe_seed`` x :data:`EPOCH_SEED_PER_RECIPE_SEED` + ``stage_index`` x :data:`EPOCH_SEED_PER_STAGE`
+    + ``epoch``.
+
+    Each step is a prime larger than everything below it (a stage has fewer than 10_007 epochs, and
+    nine stages of them stay below 100_003), so every (seed, stage, epoch) of a fit, and of its
+    training-seed replicates (seeds s, s + 1, ...), gets a seed of its own; a function of these three
+    only, so a resumed fit draws what an uninterrupted one does.
+    """
+    return recipe_seed * EPOCH_SEED_PER_RECIPE_SEED + stage_index * EPOCH_SEED_PER_STAGE + epoch
 
 
 @dataclass(frozen=True)
@@ -51,45 +72,6 @@ class Stage:
     epochs: int
     seg_weight: float
     cls_weight: float
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch produced; a row of ``history.csv``."""
-
-    stage: str
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_score: float
-    lr: float
-    val_dice: float = math.nan
-    val_auc: float = math.nan
-    step: int = 0
-    """Optimizer steps of the fold so far, over every stage (the training budget spent)."""
-
-
-def stage_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, epochs: int, steps_per_epoch: int):
-    """The learning-rate schedule of one stage, and whether it steps per optimizer step.
-
-    ``"epoch_cosine"`` (the release): cosine decay per epoch to ``final_lr_fraction`` x the
-    rate. ``"warmup_cosine"``: linear warm-up over the first ``warmup_fraction`` of the
-    stage's optimizer steps, then cosine decay per step to ``final_lr_fraction`` x the rate.
-    """
-    if recipe.lr_schedule == "epoch_cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(epochs, 1), eta_min=recipe.learning_rate * recipe.final_lr_fraction), False
-    total = max(epochs * steps_per_epoch, 1)
-    warmup = min(int(round(recipe.warmup_fraction * total)), total - 1)
-    floor = recipe.final_lr_fraction
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
 @dataclass
@@ -161,10 +143,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def autocast_context(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA devices that support it, fp16 otherwise; nothing on the CPU."""
     if not enabled or device.type != "cuda":
@@ -185,7 +163,7 @@ def forward_batch(model: nn.Module, batch: dict[str, Any], use_clinical: bool) -
     network's outputs (``"frozen"``) runs only the classification network on them.
     """
     if "frozen" in batch:
-        return _unwrap(model).classify(
+        return unwrap(model).classify(
             batch["frozen"],
             clinical_categorical=batch["clinical_categorical"] if use_clinical else None,
             clinical_numeric=batch["clinical_numeric"] if use_clinical else None,
@@ -199,58 +177,15 @@ def forward_batch(model: nn.Module, batch: dict[str, Any], use_clinical: bool) -
     )
 
 
-def foreground_probability(seg_logits: torch.Tensor) -> torch.Tensor:
-    """[B, T, K, D, H, W] logits -> [B, T, D, H, W] foreground probability (K = 1 sigmoid, K > 1 softmax)."""
-    if seg_logits.shape[2] == 1:
-        return torch.sigmoid(seg_logits[:, :, 0].float())
-    return torch.softmax(seg_logits.float(), dim=2)[:, :, 1:].sum(dim=2)
-
-
 def malignancy_probability(cls_logits: torch.Tensor) -> torch.Tensor:
     """[B, 2] logits -> [B] probability of the malignant class."""
     return torch.softmax(cls_logits.float(), dim=1)[:, 1]
 
 
-class _TupleOutputs(nn.Module):
-    """Returns (seg_logits, cls_logits) so DistributedDataParallel can find the output tensors."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        output = self.model(*args, **kwargs)
-        return output.seg_logits, output.cls_logits
-
-
-class DistributedModel(nn.Module):
-    """A model under DistributedDataParallel that still returns :class:`ModelOutput`.
-
-    Parameters a stage does not use (the classifier while segmentation trains, the frozen
-    segmentation network afterwards) are allowed: ``find_unused_parameters=True``.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.parallel = nn.parallel.DistributedDataParallel(_TupleOutputs(model), find_unused_parameters=True)
-
-    @property
-    def core(self) -> nn.Module:
-        return self.parallel.module.model
-
-    def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
-        seg_logits, cls_logits = self.parallel(*args, **kwargs)
-        return ModelOutput(seg_logits=seg_logits, cls_logits=cls_logits)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.core if isinstance(model, DistributedModel) else model
-
-
 def _trainable_parameters(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
     """Parameters a stage trains. The classification stage of a two-stage recipe freezes the
     segmentation network (models expose ``freeze_segmentation`` / ``classification_parameters``)."""
-    core = _unwrap(model)
+    core = unwrap(model)
     if stage.name == "classification" and hasattr(core, "freeze_segmentation"):
         core.freeze_segmentation()
         return [p for p in core.classification_parameters() if p.requires_grad]
@@ -259,8 +194,8 @@ def _trainable_parameters(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
 
 def _val_dice(probability: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> list[float]:
     """Hard Dice per scan ([B, T, D, H, W] probability vs [B, T, 1, D, H, W] mask) for scans with masks."""
-    pred = probability > 0.5
-    truth = mask[:, :, 0] > 0.5
+    pred = probability > DECISION_THRESHOLD
+    truth = mask[:, :, 0] > DECISION_THRESHOLD
     inter = (pred & truth).flatten(2).sum(-1).float()
     total = pred.flatten(2).sum(-1).float() + truth.flatten(2).sum(-1).float()
     dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
@@ -290,21 +225,12 @@ def evaluate_loss(
             losses.append(float(loss) * n)
             weights.append(n)
             if output.seg_logits is not None:
-                dices += _val_dice(foreground_probability(output.seg_logits), batch["mask"], batch["has_mask"])
+                dices += _val_dice(foreground_map(output.seg_logits.float())[:, :, 0], batch["mask"], batch["has_mask"])
             if output.cls_logits is not None:
                 labels += batch["label"].tolist()
                 probs += malignancy_probability(output.cls_logits).tolist()
     auc = roc_auc_score(labels, probs) if len(set(labels)) == 2 else math.nan
     return sum(losses) / max(sum(weights), 1), float(np.mean(dices)) if dices else math.nan, float(auc)
-
-
-def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler: Any | None) -> None:
-    """One optimizer step (through the AMP scaler), then the per-step schedule if there is one."""
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    if scheduler is not None:
-        scheduler.step()
 
 
 class _Replayable:
@@ -317,32 +243,164 @@ class _Replayable:
         return iter(self.batches())
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+@dataclass(frozen=True)
+class _Fit:
+    """What every step of one :func:`fit` shares (its arguments, see there)."""
+
+    model: nn.Module
+    core: nn.Module
+    make_train_loader: Callable[[int], Iterable[dict[str, Any]]]
+    validation_loader: Iterable[dict[str, Any]]
+    recipe: Recipe
+    device: torch.device
+    use_clinical: bool
+    checkpoints: Checkpoints
+    on_stage_start: Callable[[Stage], None] | None
+    frozen_stage: Callable[[], FrozenStageData] | None
 
 
-def fit(
-    model: nn.Module,
-    make_train_loader: Callable[[int], Iterable[dict[str, Any]]],
-    validation_loader: Iterable[dict[str, Any]],
-    recipe: Recipe,
-    tasks: Sequence[str],
-    run_dir: Path | None,
-    device: torch.device,
-    use_clinical: bool = True,
-    callbacks: Sequence[EpochCallback] = (),
-    progress: bool = True,
-    on_stage_start: Callable[[Stage], None] | None = None,
-    frozen_stage: Callable[[], FrozenStageData] | None = None,
-) -> FitResult:
+@dataclass
+class _StageRun:
+    """One stage being trained: its optimizer, schedule, loss and data."""
+
+    stage: Stage
+    index: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_step: bool
+    loss_fn: MultiTaskLoss
+    train_batches: Callable[[int], Iterable[dict[str, Any]]]
+    validation: Iterable[dict[str, Any]]
+    scaler: torch.amp.GradScaler
+
+
+def _start_stage(run: _Fit, state: TrainingState, stage: Stage, stage_index: int) -> _StageRun:
+    """Set up ``stage``: afresh (from the previous stage's best weights, with ``on_stage_start``), or,
+    on a resume within it, with the saved optimizer and schedule."""
+    recipe, core = run.recipe, run.core
+    fresh = not (stage_index == state.stage_index and state.optimizer is not None)
+    if fresh and stage_index > 0:
+        core.load_state_dict(state.best_weights_previous_stage)
+    optimizer = stage_optimizer(recipe, _trainable_parameters(run.model, stage))
+    steps_per_epoch = math.ceil(len(run.make_train_loader(0)) / recipe.gradient_accumulation)
+    scheduler, per_step = stage_scheduler(optimizer, recipe, stage.epochs, steps_per_epoch)
+    if not fresh:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+    else:
+        state.epoch, state.best_score, state.best_weights, state.stale = 0, -math.inf, None, 0
+        if run.on_stage_start is not None:
+            run.on_stage_start(stage)
+    loss_fn = MultiTaskLoss(seg_weight=stage.seg_weight, cls_weight=stage.cls_weight)
+    train_batches, validation = run.make_train_loader, run.validation_loader
+    if run.frozen_stage is not None and stage.name == "classification" and hasattr(core, "classify"):
+        cached = run.frozen_stage()
+        train_batches, validation = cached.train_batches, _Replayable(cached.validation_batches)
+    scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp and run.device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    return _StageRun(stage, stage_index, optimizer, scheduler, per_step, loss_fn, train_batches, validation, scaler)
+
+
+def _train_steps(run: _Fit, stage_run: _StageRun, state: TrainingState, seed: int) -> tuple[float, int]:
+    """One pass over the epoch's training batches (drawn with ``seed``): (summed loss x patients, patients)."""
+    recipe, optimizer = run.recipe, stage_run.optimizer
+    per_step_scheduler = stage_run.scheduler if stage_run.per_step else None
+    train_loss, n_seen = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    step = -1
+    for step, batch in enumerate(stage_run.train_batches(seed)):
+        batch = move_batch(batch, run.device)
+        with autocast_context(run.device, recipe.amp):
+            output = forward_batch(run.model, batch, run.use_clinical)
+            loss, _ = stage_run.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"])
+        stage_run.scaler.scale(loss / recipe.gradient_accumulation).backward()
+        if (step + 1) % recipe.gradient_accumulation == 0:
+            optimizer_step(optimizer, stage_run.scaler, per_step_scheduler)
+            state.steps += 1
+        train_loss += float(loss.detach()) * len(batch["label"])
+        n_seen += len(batch["label"])
+    if n_seen and (step + 1) % recipe.gradient_accumulation != 0:
+        optimizer_step(optimizer, stage_run.scaler, per_step_scheduler)
+        state.steps += 1
+    return train_loss, n_seen
+
+
+def _run_epoch(run: _Fit, stage_run: _StageRun, state: TrainingState, epoch: int) -> EpochRecord:
+    """Train one epoch, then validate; the epoch's record, appended to the history."""
+    stage = stage_run.stage
+    seed = epoch_seed(run.recipe.seed, stage_run.index, epoch)
+    torch.manual_seed(seed)
+    run.model.train()
+    if stage.name == "classification" and hasattr(run.core, "freeze_segmentation"):
+        run.core.freeze_segmentation()
+    epoch_clock = time.perf_counter()
+    lr = stage_run.optimizer.param_groups[0]["lr"]
+    train_loss, n_seen = _train_steps(run, stage_run, state, seed)
+    if not stage_run.per_step:
+        stage_run.scheduler.step()
+    val_loss, val_dice, val_auc = evaluate_loss(run.model, stage_run.validation, stage_run.loss_fn, run.device,
+                                                run.use_clinical, run.recipe.amp)
+    state.seconds.append((state.seconds[-1] if state.seconds else 0.0) + time.perf_counter() - epoch_clock)
+    record = EpochRecord(stage.name, epoch, train_loss / max(n_seen, 1), val_loss, -val_loss, lr, val_dice, val_auc,
+                         step=state.steps)
+    state.history.append(record)
+    log.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f, Dice %.3f, AUC %.3f, lr %.2e",
+             stage.name, epoch + 1, stage.epochs, record.train_loss, val_loss, val_dice, val_auc, lr)
+    return record
+
+
+def _select(run: _Fit, state: TrainingState, record: EpochRecord) -> None:
+    """Keep the epoch's weights (and write ``best.pt``) when it beats the stage's best validation score."""
+    if record.val_score > state.best_score:
+        state.best_score, state.stale = record.val_score, 0
+        state.best_weights = {k: v.detach().cpu().clone() for k, v in run.core.state_dict().items()}
+        state.selected[record.stage] = record.epoch
+        run.checkpoints.save_best(state.best_weights)
+    else:
+        state.stale += 1
+
+
+def _checkpoint_epoch(run: _Fit, state: TrainingState, stage_run: _StageRun, epoch: int) -> None:
+    """Record that ``epoch`` of the stage is done and save the state."""
+    state.stage_index, state.epoch = stage_run.index, epoch + 1
+    state.optimizer, state.scheduler = stage_run.optimizer.state_dict(), stage_run.scheduler.state_dict()
+    state.weights = run.core.state_dict()
+    run.checkpoints.save_state(state)
+
+
+def _finish_stage(run: _Fit, state: TrainingState, stage_index: int) -> None:
+    """Load the stage's best weights, where the next stage starts, and save the state."""
+    run.core.load_state_dict(state.best_weights)
+    state.best_weights_previous_stage = state.best_weights
+    state.optimizer = state.scheduler = None
+    state.stage_index, state.epoch = stage_index + 1, 0
+    state.weights = run.core.state_dict()
+    run.checkpoints.save_state(state)
+
+
+def _resume(run: _Fit, run_dir: Path | None) -> tuple[TrainingState, int | None]:
+    """The saved state of an interrupted fit in ``run_dir`` (its weights loaded) and its epochs done, or
+    a new state and None."""
+    state = run.checkpoints.saved_state()
+    if state is None:
+        return TrainingState(), None
+    run.core.load_state_dict(state.weights)
+    log.info("resuming %s from epoch %d of stage %d", run_dir, state.epoch, state.stage_index)
+    return state, len(state.history)
+
+
+def fit(model: nn.Module, make_train_loader: Callable[[int], Iterable[dict[str, Any]]],
+        validation_loader: Iterable[dict[str, Any]], recipe: Recipe, tasks: Sequence[str], run_dir: Path | None,
+        device: torch.device, use_clinical: bool = True, callbacks: Sequence[EpochCallback] = (),
+        progress: bool = True, on_stage_start: Callable[[Stage], None] | None = None,
+        frozen_stage: Callable[[], FrozenStageData] | None = None) -> FitResult:
     """Train ``model`` by ``recipe``; leave the best (inner-validation) weights loaded.
 
     Args:
         model: returns :class:`ModelOutput` from ``(images [B, T, 1, D, H, W], clinical..., days)``;
-            may be wrapped in :class:`DistributedModel`.
-        make_train_loader: ``seed -> iterable of batch dicts``; called once per epoch with a
-            seed derived from (recipe seed, stage, epoch), so the order and augmentation of an
+            may be wrapped in :class:`mstnet.experiments.distributed.DistributedModel`.
+        make_train_loader: ``seed -> iterable of batch dicts``; called once per epoch with
+            :func:`epoch_seed` of (recipe seed, stage, epoch), so the order and augmentation of an
             epoch are reproducible.
         validation_loader: the inner validation split (no augmentation).
         recipe: optimiser, schedule, stages, loss weights, early stopping.
@@ -363,101 +421,23 @@ def fit(
     stages = stages_for(recipe, tasks)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    last_path = run_dir / "last.pt" if run_dir else None
-    best_path = run_dir / "best.pt" if run_dir else None
-    core = _unwrap(model)
-    state: dict[str, Any] = {"stage_index": 0, "epoch": 0, "history": [], "selected": {}, "best_score": -math.inf,
-                             "best_weights": None, "stale": 0, "optimizer": None, "scheduler": None}
-    resumed_from = None
-    if last_path is not None and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        core.load_state_dict(state["weights"])
-        resumed_from = len(state["history"])
-        log.info("resuming %s from epoch %d of stage %d", run_dir, state["epoch"], state["stage_index"])
-
-    history = [EpochRecord(**row) for row in state["history"]]
-    for stage_index in range(state["stage_index"], len(stages)):
+    run = _Fit(model, unwrap(model), make_train_loader, validation_loader, recipe, device, use_clinical,
+               Checkpoints(run_dir), on_stage_start, frozen_stage)
+    state, resumed_from = _resume(run, run_dir)
+    for stage_index in range(state.stage_index, len(stages)):
         stage = stages[stage_index]
-        fresh_stage = not (stage_index == state["stage_index"] and state["optimizer"] is not None)
-        if fresh_stage and stage_index > 0:
-            core.load_state_dict(state["best_weights_previous_stage"])
-        parameters = _trainable_parameters(model, stage)
-        optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        steps_per_epoch = math.ceil(len(make_train_loader(0)) / recipe.gradient_accumulation)
-        scheduler, per_step = stage_scheduler(optimizer, recipe, stage.epochs, steps_per_epoch)
-        if not fresh_stage:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        else:
-            state.update(epoch=0, best_score=-math.inf, best_weights=None, stale=0)
-            if on_stage_start is not None:
-                on_stage_start(stage)
-        loss_fn = MultiTaskLoss(seg_weight=stage.seg_weight, cls_weight=stage.cls_weight)
-        stage_train_loader, stage_validation = make_train_loader, validation_loader
-        if frozen_stage is not None and stage.name == "classification" and hasattr(core, "classify"):
-            cached = frozen_stage()
-            stage_train_loader, stage_validation = cached.train_batches, _Replayable(cached.validation_batches)
-        scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
-        epochs = tqdm(range(state["epoch"], stage.epochs), desc=f"{stage.name}", leave=False,
-                      disable=not (progress and is_main_process()), initial=state["epoch"], total=stage.epochs)
+        stage_run = _start_stage(run, state, stage, stage_index)
+        epochs = tqdm(range(state.epoch, stage.epochs), desc=f"{stage.name}", leave=False,
+                      disable=not (progress and is_main_process()), initial=state.epoch, total=stage.epochs)
         for epoch in epochs:
-            if state["stale"] >= recipe.early_stopping_patience:
+            if state.stale >= recipe.early_stopping_patience:
                 break
-            epoch_seed = recipe.seed * 100_003 + stage_index * 10_007 + epoch
-            torch.manual_seed(epoch_seed)
-            model.train()
-            if stage.name == "classification" and hasattr(core, "freeze_segmentation"):
-                core.freeze_segmentation()
-            train_loss, n_seen = 0.0, 0
-            optimizer.zero_grad(set_to_none=True)
-            step = -1
-            epoch_clock = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            for step, batch in enumerate(stage_train_loader(epoch_seed)):
-                batch = move_batch(batch, device)
-                with autocast_context(device, recipe.amp):
-                    output = forward_batch(model, batch, use_clinical)
-                    loss, _ = loss_fn(output, batch["mask"], batch["label"], batch["has_mask"])
-                scaler.scale(loss / recipe.gradient_accumulation).backward()
-                if (step + 1) % recipe.gradient_accumulation == 0:
-                    _optimizer_step(optimizer, scaler, scheduler if per_step else None)
-                    state["steps"] = state.get("steps", 0) + 1
-                train_loss += float(loss.detach()) * len(batch["label"])
-                n_seen += len(batch["label"])
-            if n_seen and (step + 1) % recipe.gradient_accumulation != 0:
-                _optimizer_step(optimizer, scaler, scheduler if per_step else None)
-                state["steps"] = state.get("steps", 0) + 1
-            if not per_step:
-                scheduler.step()
-            val_loss, val_dice, val_auc = evaluate_loss(model, stage_validation, loss_fn, device, use_clinical, recipe.amp)
-            seconds = state.setdefault("seconds", [])
-            seconds.append((seconds[-1] if seconds else 0.0) + time.perf_counter() - epoch_clock)
-            record = EpochRecord(stage.name, epoch, train_loss / max(n_seen, 1), val_loss, -val_loss, lr, val_dice, val_auc,
-                                 step=state["steps"])
-            history.append(record)
-            log.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f, Dice %.3f, AUC %.3f, lr %.2e",
-                     stage.name, epoch + 1, stage.epochs, record.train_loss, val_loss, val_dice, val_auc, lr)
-            if record.val_score > state["best_score"]:
-                state.update(best_score=record.val_score, stale=0,
-                             best_weights={k: v.detach().cpu().clone() for k, v in core.state_dict().items()})
-                state["selected"][stage.name] = epoch
-                if best_path is not None and is_main_process():
-                    _atomic_save(state["best_weights"], best_path)
-            else:
-                state["stale"] += 1
-            epochs.set_postfix(train=f"{record.train_loss:.3f}", val=f"{val_loss:.3f}")
-            state.update(stage_index=stage_index, epoch=epoch + 1, history=[vars(r) for r in history],
-                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         weights=core.state_dict())
-            if last_path is not None and is_main_process():
-                _atomic_save(state, last_path)
+            record = _run_epoch(run, stage_run, state, epoch)
+            _select(run, state, record)
+            epochs.set_postfix(train=f"{record.train_loss:.3f}", val=f"{record.val_loss:.3f}")
+            _checkpoint_epoch(run, state, stage_run, epoch)
             for callback in callbacks:
                 callback(record)
-        core.load_state_dict(state["best_weights"])
-        state.update(best_weights_previous_stage=state["best_weights"], optimizer=None, scheduler=None,
-                     stage_index=stage_index + 1, epoch=0)
-        if last_path is not None and is_main_process():
-            state["weights"] = core.state_dict()
-            _atomic_save(state, last_path)
-    return FitResult(history=history, selected_epochs=dict(state["selected"]), resumed_from_epoch=resumed_from,
-                     seconds=list(state.get("seconds", [])))
+        _finish_stage(run, state, stage_index)
+    return FitResult(history=list(state.history), selected_epochs=dict(state.selected), resumed_from_epoch=resumed_from,
+                     seconds=list(state.seconds))

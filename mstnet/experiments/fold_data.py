@@ -1,0 +1,51 @@
+"""The data of one cross-validation fold, and the loaders that batch it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.cohort import Cohort
+from mstnet.data.dataset import PatientDataset, collate_patients
+from mstnet.data.transforms import PreprocessConfig
+from mstnet.experiments.registry import ExperimentSpec
+from mstnet.experiments.splits import Fold
+
+if TYPE_CHECKING:
+    from mstnet.experiments.runner import RunOptions
+
+
+class FoldData:
+    """The three datasets of one fold, sharing a clinical encoder fitted on ``train`` only."""
+
+    def __init__(self, cohort: Cohort, fold: Fold, spec: ExperimentSpec, options: RunOptions):
+        self.encoder = ClinicalEncoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(cohort.subset(fold.train))
+        preprocess = PreprocessConfig(crop_size=options.preset.crop_size, crop_mode=options.preset.crop_mode)
+        timepoints = spec.data_view.timepoints
+
+        def dataset(ids: Sequence[str], augment: bool) -> PatientDataset:
+            return PatientDataset(cohort.subset(ids), self.encoder, preprocess, timepoints=timepoints,
+                                  augment=augment, cache_dir=options.cache_dir)
+
+        self.train = dataset(fold.train, augment=True)
+        self.validation = dataset(fold.validation, augment=False)
+        self.train_plain = dataset(fold.train, augment=False)
+        """The training patients without augmentation (the cached classification stage)."""
+        self.test = dataset(fold.test, augment=False)
+        self.timepoints = timepoints
+
+
+def data_loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device, workers: int = 0) -> DataLoader:
+    """Batches of ``dataset`` (:func:`mstnet.data.dataset.collate_patients`), shuffled by ``seed`` when
+    ``shuffle`` (each rank its share under DDP), pinned for a CUDA ``device``."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+        shuffle = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+                      collate_fn=collate_patients, pin_memory=device.type == "cuda", num_workers=workers)

@@ -1,0 +1,38 @@
+"""``metrics.json`` of one fold, the same for the harness's deep and tabular folds and for ``mstnet evaluate``
+(and what ``mstnet report`` recomputes from ``predictions.csv`` and ``segmentation.csv``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from mstnet.metrics import DECISION_THRESHOLD, classification_metrics
+
+SEGMENTATION_METRICS = ("dice", "jaccard", "hd95", "asd")
+"""The per-scan segmentation metrics whose means ``metrics.json`` holds."""
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in metrics.items()}
+
+
+def fold_metrics(scans: list[dict], patients: list[dict],
+                 validation_threshold: float = DECISION_THRESHOLD) -> dict[str, Any]:
+    """``metrics.json``: the mean of each per-scan segmentation metric (``segmentation.csv`` rows), and the
+    classification metrics of the test patients (``predictions.csv`` rows) at :data:`DECISION_THRESHOLD` and
+    at the inner-validation threshold; NaN written as null."""
+    metrics: dict[str, Any] = {"segmentation": None, "classification": None, "convention": "monai",
+                               "average": "binary", "threshold": DECISION_THRESHOLD}
+    if scans:
+        frame = pd.DataFrame(scans)
+        metrics["segmentation"] = _clean({k: float(frame[k].mean()) for k in SEGMENTATION_METRICS})
+    if patients:
+        frame = pd.DataFrame(patients)
+        labels, probabilities = frame["label"].to_numpy(), frame["probability"].to_numpy()
+        metrics["classification"] = _clean(classification_metrics(labels, probabilities))
+        metrics["classification_at_validation_threshold"] = _clean(
+            classification_metrics(labels, probabilities, threshold=validation_threshold))
+        metrics["validation_threshold"] = validation_threshold
+    return metrics

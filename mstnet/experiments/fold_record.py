@@ -1,0 +1,178 @@
+"""What one fold leaves in its folder besides checkpoints, written the same way for deep and tabular folds.
+
+``metrics.json`` (:func:`mstnet.experiments.fold_metrics.fold_metrics`), ``predictions.csv``, ``segmentation.csv``, ``history.csv``,
+``timing.csv``, ``train.log`` (:func:`fold_log`), ``attempts.json`` (:class:`FoldAttempts`) and, last,
+``run.json``, whose presence marks the fold complete (:meth:`FoldRecord.finish`); the format is
+``docs/results-format.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mstnet.atomic import write_text_atomic
+from mstnet.experiments.convergence import fold_plateau, short_of_plateau
+from mstnet.experiments.optimisation import OPTIMIZER_LABELS
+from mstnet.experiments.registry import Recipe
+
+ATTEMPTS_FILE = "attempts.json"
+TIMING_FILE = "timing.csv"
+"""Per epoch: stage, epoch, optimizer step and cumulative wall seconds (the learning curve's time axis)."""
+TRAIN_LOG = "train.log"
+
+
+def json_default(value: Any) -> Any:
+    """JSON for what ``json.dumps`` cannot write itself: numpy scalars, paths, devices, tuples."""
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=json_default) + "\n")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """The git commit, library versions and device of a run (``run.json``)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def recipe_summary(recipe: Recipe) -> str:
+    """One line naming what a recipe does, for table footnotes: stages, optimizer and rate, schedule, bias
+    initialisation."""
+    stages = "+".join(recipe.stages)
+    schedule = (f"warm-up {recipe.warmup_fraction:.0%} then cosine per step" if recipe.lr_schedule == "warmup_cosine"
+                else "cosine per epoch")
+    epochs = "/".join(map(str, recipe.stage_epochs)) if recipe.stage_epochs else str(recipe.epochs)
+    optimizer = OPTIMIZER_LABELS.get(recipe.optimizer, recipe.optimizer)
+    return (f"{stages}, {optimizer} lr {recipe.learning_rate:g}, {schedule}, {epochs} epochs x batch {recipe.batch_size}"
+            + (", output biases at the priors" if recipe.output_bias_init else "")
+            + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations)"
+               if recipe.frozen_stage_cache and "classification" in recipe.stages else ""))
+
+
+class FoldAttempts:
+    """The attempts at one fold (``attempts.json``): start, finish and wall time of each.
+
+    A new attempt is recorded when a fold starts (or resumes); :meth:`tick` (an epoch
+    callback) keeps its wall time current, so a killed attempt still counts up to its last
+    epoch. ``run.json`` gets the total over all attempts.
+    """
+
+    def __init__(self, fold_dir: Path, write: bool = True):
+        self.path = Path(fold_dir) / ATTEMPTS_FILE
+        self.write = write
+        self.clock = time.perf_counter()
+        self.attempts: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.attempts.append({"started": datetime.now(timezone.utc).isoformat(), "finished": None, "wall_s": 0.0})
+        self._save()
+
+    def _save(self) -> None:
+        if self.write:
+            write_json(self.path, self.attempts)
+
+    def tick(self, _record: Any = None) -> None:
+        self.attempts[-1]["wall_s"] = time.perf_counter() - self.clock
+        self._save()
+
+    def finish(self, resumed_from_epoch: int | None = None) -> dict[str, Any]:
+        """Close the current attempt; the fields of ``run.json`` that describe all attempts."""
+        self.tick()
+        self.attempts[-1].update(finished=datetime.now(timezone.utc).isoformat(), resumed_from_epoch=resumed_from_epoch)
+        self._save()
+        return {"started": self.attempts[0]["started"], "finished": self.attempts[-1]["finished"],
+                "wall_s": sum(a["wall_s"] for a in self.attempts), "attempts": self.attempts}
+
+
+@contextmanager
+def fold_log(fold_dir: Path) -> Iterator[None]:
+    """Append the package's log records (INFO and up) to ``fold_dir/train.log`` while the fold runs."""
+    handler = logging.FileHandler(Path(fold_dir) / TRAIN_LOG, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("mstnet")
+    previous_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        handler.close()
+        package_logger.setLevel(previous_level)
+
+
+@dataclass
+class FoldRecord:
+    """The writer of one fold's results, deep or tabular: its folder, what it is and its attempts."""
+
+    fold_dir: Path
+    experiment: str
+    fold_index: int
+    splits_hash: str
+    device: torch.device
+    attempts: FoldAttempts
+
+    def write_history(self, history: pd.DataFrame, seconds: Sequence[float]) -> None:
+        """``history.csv`` (one row per epoch) and, when every epoch was timed, ``timing.csv``."""
+        write_text_atomic(self.fold_dir / "history.csv", history.to_csv(index=False))
+        if len(seconds) == len(history):
+            timing = history[["stage", "epoch", "step"]].assign(seconds=list(seconds))
+            write_text_atomic(self.fold_dir / TIMING_FILE, timing.to_csv(index=False))
+
+    def finish(self, metrics: dict[str, Any], patients: list[dict], threshold: float,
+               selected_epoch: dict[str, int] | None = None, resumed_from_epoch: int | None = None,
+               history: pd.DataFrame | None = None, recipe: Recipe | None = None) -> None:
+        """predictions.csv, metrics.json, then run.json (last: its presence marks the fold complete).
+
+        With a training ``history``, run.json also holds the training budget (``optimizer_steps``)
+        and the plateau verdict of every stage (:mod:`mstnet.experiments.convergence`).
+        """
+        if patients:
+            write_text_atomic(self.fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
+        write_json(self.fold_dir / "metrics.json", metrics)
+        training: dict[str, Any] = {}
+        if history is not None and len(history):
+            rows = history.to_dict("records")
+            verdicts = fold_plateau(rows)
+            training = {"optimizer_steps": int(rows[-1]["step"]),
+                        "plateau": verdicts, "plateau_reached": all(v["reached"] for v in verdicts.values()),
+                        "short_of_plateau": short_of_plateau(verdicts)}
+        if recipe is not None:
+            training["recipe_summary"] = recipe_summary(recipe)
+        write_json(self.fold_dir / "run.json", {
+            "status": "complete", "experiment": self.experiment, "fold": self.fold_index,
+            "splits_hash": self.splits_hash, **self.attempts.finish(resumed_from_epoch), "selected_epoch": selected_epoch,
+            "threshold": threshold, "resumed_from_epoch": resumed_from_epoch, **training, **environment(self.device),
+        })
