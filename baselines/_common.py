@@ -13,6 +13,9 @@ time point (and every slice), and ignore the clinical inputs and days, which non
   feature vector) on each scan or slice; the pooled vectors are averaged over slices and time
   points and fed to a linear malignancy head.
 
+:func:`register_latest_scan_classifier` registers a Table-1 classifier of the latest scan
+(DeepCAD, NASLung, SCAN) in one call.
+
 Inputs whose size a network cannot take (UNETR needs multiples of 16, SwinUNETR of 32) are
 padded at the far end by edge replication to the next multiple of ``size_divisor`` and the
 logits cropped back, so any crop size works.
@@ -23,14 +26,15 @@ Segmentation logits have K = 1 channel (sigmoid foreground), as MST-Net's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mstnet.errors import UnknownNameError
-from mstnet.experiments.registry import ModelContext, Recipe, resolve_settings
+from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
+from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment, resolve_settings
 from mstnet.models.output import ModelOutput
 
 SEGMENTATION_CLASSES = 1
@@ -229,6 +233,29 @@ def classification_only_recipe(**fields: object) -> Recipe:
     return Recipe(seg_loss_weight=0.0, cls_loss_weight=1.0, **fields)
 
 
+def register_latest_scan_classifier(name: str, network: Callable[..., nn.Module], presets: dict[str, dict[str, Any]], *,
+                                    description: str, table_row: str, footnote: str) -> Callable[[ModelContext], nn.Module]:
+    """Register experiment ``name``, a Table-1 row that classifies the latest scan; returns its builder.
+
+    The builder wraps ``network(**settings)`` ((B, 1, D, H, W) -> (B, 2) logits; settings: the context
+    preset's entry of ``presets`` with ``--set`` applied, :func:`preset_settings`) in
+    :class:`LatestScanClassifier`. The row sees the latest scan only, no clinical record, and trains
+    on the classification loss alone by the release's recipe at learning rate 1e-3 and weight decay
+    1e-4; at the cpu preset by the short run, for
+    :data:`~mstnet.experiments.recipes.CLASSIFIER_EPOCHS` epochs.
+    """
+
+    def build(context: ModelContext) -> nn.Module:
+        return LatestScanClassifier(network(**preset_settings(name, presets, context)))
+
+    build.__name__ = build.__qualname__ = f"build_{name}"
+    build.__doc__ = f"{table_row} for ``context``, applied to the latest scan."
+    recipe = with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4), epochs=CLASSIFIER_EPOCHS)
+    return register_experiment(name, description=description, tasks=("classification",), group="paper-table",
+                               table_row=table_row, data_view=DataView(timepoints=1, use_clinical=False), recipe=recipe,
+                               footnote=footnote)(build)
+
+
 __all__ = [
     "LatestScanClassifier",
     "MultiTaskPerTimepoint",
@@ -239,6 +266,7 @@ __all__ = [
     "crop_to",
     "pad_to_multiple",
     "preset_settings",
+    "register_latest_scan_classifier",
     "scans_to_slices",
     "segmentation_only_recipe",
     "slices_to_scans",

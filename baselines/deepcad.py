@@ -22,9 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from baselines._common import MALIGNANCY_CLASSES, LatestScanClassifier, classification_only_recipe, preset_settings
-from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
+from baselines._common import MALIGNANCY_CLASSES, register_latest_scan_classifier
 
 
 def bn_relu_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -123,18 +121,10 @@ DEEPCAD_PRESETS = {
 }
 
 
-@register_experiment(
-    "deepcad",
+build_deepcad = register_latest_scan_classifier(
+    "deepcad", DualPathNet3d, DEEPCAD_PRESETS,
     description="DeepCAD: 3D dual path network (DeepLung's nodule classifier), latest scan only.",
-    tasks=("classification",),
-    group="paper-table",
     table_row="DeepCAD",
-    data_view=DataView(timepoints=1, use_clinical=False),
-    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4),
-                           epochs=CLASSIFIER_EPOCHS),
     footnote="(re-impl.) not described by the comparison papers; built as DeepLung's 3D dual path network, "
              "linear head instead of gradient boosting.",
 )
-def build_deepcad(context: ModelContext) -> nn.Module:
-    """DeepCAD (3D DPN) for ``context``, applied to the latest scan."""
-    return LatestScanClassifier(DualPathNet3d(**preset_settings("deepcad", DEEPCAD_PRESETS, context)))

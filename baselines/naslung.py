@@ -22,9 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from baselines._common import MALIGNANCY_CLASSES, LatestScanClassifier, classification_only_recipe, preset_settings
-from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
+from baselines._common import MALIGNANCY_CLASSES, register_latest_scan_classifier
 
 
 class ChannelAttention3d(nn.Module):
@@ -135,18 +133,10 @@ NASLUNG_PRESETS = {
 }
 
 
-@register_experiment(
-    "naslung",
+build_naslung = register_latest_scan_classifier(
+    "naslung", NASLungNet, NASLUNG_PRESETS,
     description="NAS-Lung: 3D residual CNN with CBAM channel + spatial attention (searched family), latest scan only.",
-    tasks=("classification",),
-    group="paper-table",
     table_row="NASLung",
-    data_view=DataView(timepoints=1, use_clinical=False),
-    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4),
-                           epochs=CLASSIFIER_EPOCHS),
     footnote="(re-impl.) one fixed ResCBAM configuration instead of the architecture search; "
              "cross-entropy instead of A-Softmax; no ensemble.",
 )
-def build_naslung(context: ModelContext) -> nn.Module:
-    """NAS-Lung for ``context``, applied to the latest scan."""
-    return LatestScanClassifier(NASLungNet(**preset_settings("naslung", NASLUNG_PRESETS, context)))

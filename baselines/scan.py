@@ -21,9 +21,7 @@ import torch
 from monai.networks.blocks import ChannelSELayer
 from torch import Tensor, nn
 
-from baselines._common import MALIGNANCY_CLASSES, LatestScanClassifier, classification_only_recipe, preset_settings
-from mstnet.experiments.registry import DataView, ModelContext, register_experiment
-from mstnet.experiments.recipes import CLASSIFIER_EPOCHS, with_cpu_recipe
+from baselines._common import MALIGNANCY_CLASSES, register_latest_scan_classifier
 
 
 class SpatialChannelSqueezeExcitation3d(nn.Module):
@@ -86,17 +84,9 @@ SCAN_PRESETS = {
 }
 
 
-@register_experiment(
-    "scan",
+build_scan = register_latest_scan_classifier(
+    "scan", SCANNet, SCAN_PRESETS,
     description="SCAN: 3D VGG-style CNN with concurrent spatial and channel squeeze-excitation (scSE), latest scan only.",
-    tasks=("classification",),
-    group="paper-table",
     table_row="SCAN",
-    data_view=DataView(timepoints=1, use_clinical=False),
-    recipe=with_cpu_recipe(classification_only_recipe(learning_rate=1e-3, weight_decay=1e-4),
-                           epochs=CLASSIFIER_EPOCHS),
     footnote="(re-impl.) architecture not published; a 3D CNN with scSE spatial + channel attention.",
 )
-def build_scan(context: ModelContext) -> nn.Module:
-    """SCAN for ``context``, applied to the latest scan."""
-    return LatestScanClassifier(SCANNet(**preset_settings("scan", SCAN_PRESETS, context)))
