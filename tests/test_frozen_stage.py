@@ -122,3 +122,23 @@ def test_cached_stage_trains_exactly_as_the_recomputing_stage():
         assert math.isclose(cached_epoch.val_auc, recomputed_epoch.val_auc, rel_tol=1e-6)
     for cached_parameter, recomputed_parameter in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(cached_parameter, recomputed_parameter, rtol=1e-4, atol=1e-6)
+
+
+def test_the_cached_stage_counts_its_own_batches_for_the_schedule():
+    items, validation = _items(8, seed=4), _items(4, seed=5)
+    recipe = Recipe(stages=("classification",), epochs=2, learning_rate=1e-3, batch_size=2, early_stopping_patience=10,
+                    channels_last=False, amp=False, lr_schedule="warmup_cosine", warmup_fraction=0.0,
+                    final_lr_fraction=0.1)
+    model = _frozen_model()
+    augmentations = augmentation_set(4, *SHAPE[1:])
+    cached = FrozenStageData(model, items, validation, collate_patients, 3, augmentations, torch.device("cpu"))
+    harness_loader = FrozenStageData(model, items, validation, collate_patients, 2, augmentations, torch.device("cpu"),
+                                     cache=False)
+    seen_rates = []
+    result = fit(model, lambda seed: _Loader(harness_loader, seed), None, recipe, ("segmentation", "classification"),
+                 None, torch.device("cpu"), progress=False, frozen_stage=lambda: cached,
+                 callbacks=[lambda record: seen_rates.append(record.lr)])
+    assert [record.step for record in result.history] == [3, 6], "ceil(8 / 3) optimizer steps per epoch, not ceil(8 / 2)"
+    total = 6
+    expected_second_epoch_rate = 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / total)))
+    assert seen_rates[1] == pytest.approx(expected_second_epoch_rate)

@@ -77,7 +77,8 @@ def recipe_summary(recipe: Recipe) -> str:
     optimizer = OPTIMIZER_LABELS.get(recipe.optimizer, recipe.optimizer)
     return (f"{stages}, {optimizer} lr {recipe.learning_rate:g}, {schedule}, {epochs} epochs x batch {recipe.batch_size}"
             + (", output biases at the priors" if recipe.output_bias_init else "")
-            + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations)"
+            + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations, "
+               f"batch {recipe.frozen_stage_batch_size or recipe.batch_size})"
                if recipe.frozen_stage_cache and "classification" in recipe.stages else ""))
 
 

@@ -101,7 +101,8 @@ class Recipe:
     priors (:mod:`mstnet.experiments.initialisation`); ``frozen_stage_cache`` computes the
     frozen segmentation network's outputs once per fold for each training patient and each of
     the first ``frozen_stage_augmentations`` in-plane flips and rotations, and trains the
-    classification stage on them (:mod:`mstnet.experiments.frozen_stage`).
+    classification stage on them (:mod:`mstnet.experiments.frozen_stage`), in batches of
+    ``frozen_stage_batch_size`` patients (0: ``batch_size``).
 
     Budget: a run preset sets ``batch_size`` for every experiment, and by default its
     ``epochs`` and ``early_stopping_patience`` too
@@ -131,6 +132,7 @@ class Recipe:
     output_bias_init: bool = False
     frozen_stage_cache: bool = False
     frozen_stage_augmentations: int = 8
+    frozen_stage_batch_size: int = 0
     budget_from_preset: bool = True
     optimizer: str = "adam"
 
@@ -336,6 +338,9 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
         raise UsageError(f"{owner}: lr_schedule {values['lr_schedule']!r}: choose one of {', '.join(LR_SCHEDULES)}")
     if values["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"{owner}: optimizer {values['optimizer']!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if values["frozen_stage_batch_size"] < 0:
+        raise UsageError(f"{owner}: frozen_stage_batch_size must be 0 (the batch size) or positive, "
+                         f"got {values['frozen_stage_batch_size']!r}")
     if not 1 <= values["frozen_stage_augmentations"] <= 16:
         raise UsageError(f"{owner}: frozen_stage_augmentations must be 1..16, got {values['frozen_stage_augmentations']!r}")
     if not 0 <= values["warmup_fraction"] < 1:

@@ -187,7 +187,8 @@ def _frozen_stage_factory(model: torch.nn.Module, data: FoldData, recipe: Recipe
         augmentations = augmentation_set(recipe.frozen_stage_augmentations, *options.preset.crop_size[1:])
         log.info("classification stage on cached frozen outputs: %d patients x %d augmentations",
                  len(data.train_plain), len(augmentations))
-        return FrozenStageData(model, data.train_plain, data.validation, collate_patients, recipe.batch_size,
+        return FrozenStageData(model, data.train_plain, data.validation, collate_patients,
+                               recipe.frozen_stage_batch_size or recipe.batch_size,
                                augmentations, options.device)
 
     return make

@@ -282,7 +282,13 @@ def _start_stage(run: _Fit, state: TrainingState, stage: Stage, stage_index: int
     if fresh and stage_index > 0:
         core.load_state_dict(state.best_weights_previous_stage)
     optimizer = stage_optimizer(recipe, _trainable_parameters(run.model, stage))
-    steps_per_epoch = math.ceil(len(run.make_train_loader(0)) / recipe.gradient_accumulation)
+    train_batches, validation = run.make_train_loader, run.validation_loader
+    batches_per_epoch = len(run.make_train_loader(0))
+    if run.frozen_stage is not None and stage.name == "classification" and hasattr(core, "classify"):
+        cached = run.frozen_stage()
+        train_batches, validation = cached.train_batches, _Replayable(cached.validation_batches)
+        batches_per_epoch = cached.train_batches_per_epoch()
+    steps_per_epoch = math.ceil(batches_per_epoch / recipe.gradient_accumulation)
     scheduler, per_step = stage_scheduler(optimizer, recipe, stage.epochs, steps_per_epoch)
     if not fresh:
         optimizer.load_state_dict(state.optimizer)
@@ -292,10 +298,6 @@ def _start_stage(run: _Fit, state: TrainingState, stage: Stage, stage_index: int
         if run.on_stage_start is not None:
             run.on_stage_start(stage)
     loss_fn = MultiTaskLoss(seg_weight=stage.seg_weight, cls_weight=stage.cls_weight)
-    train_batches, validation = run.make_train_loader, run.validation_loader
-    if run.frozen_stage is not None and stage.name == "classification" and hasattr(core, "classify"):
-        cached = run.frozen_stage()
-        train_batches, validation = cached.train_batches, _Replayable(cached.validation_batches)
     scaler = torch.amp.GradScaler("cuda", enabled=recipe.amp and run.device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
     return _StageRun(stage, stage_index, optimizer, scheduler, per_step, loss_fn, train_batches, validation, scaler)
