@@ -140,7 +140,10 @@ def open_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: 
     configuration = fold_configuration(spec, cohort, splits, fold_index, options)
     options = options.for_fold(fold_index)
     fold_dir = fold_dir_of(runs_dir, spec.name, fold_index, options.seed_index)
-    refuse_conflicts([conflict] if (conflict := identity_conflict(fold_dir, configuration)) else [])
+    conflict = identity_conflict(fold_dir, configuration)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank has read the folder before rank 0 writes into it
+    refuse_conflicts([conflict] if conflict else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
     configuration.update(extra_configuration or {})
     if write:
