@@ -142,3 +142,18 @@ def test_the_cached_stage_counts_its_own_batches_for_the_schedule():
     total = 6
     expected_second_epoch_rate = 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / total)))
     assert seen_rates[1] == pytest.approx(expected_second_epoch_rate)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("frozen_stage_batch_size", -1, "frozen_stage_batch_size must be 0"),
+    ("frozen_stage_augmentations", 0, "frozen_stage_augmentations must be 1..16"),
+    ("frozen_stage_augmentations", 17, "frozen_stage_augmentations must be 1..16"),
+    ("frozen_stage_cache", "yes", "is not true or false"),
+])
+def test_bad_cache_settings_are_refused_in_one_line(key, value, message):
+    from mstnet.errors import UsageError
+    from mstnet.experiments.registry import checked_recipe
+
+    with pytest.raises(UsageError, match=message) as refused:
+        checked_recipe("mstnet", Recipe(), {key: value})
+    assert "\n" not in str(refused.value) and "mstnet" in str(refused.value)
