@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks._measure import run_measured
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import ClinicalSchema, Cohort, NoduleLocation, Patient, Scan
 from mstnet.data.dataset import PatientDataset
 from mstnet.data.io import write_nifti
@@ -59,14 +59,14 @@ def _volumes_per_second(dataset: PatientDataset, rounds: int) -> float:
 
 def test_uncached_epoch(bench_cohort, benchmark):
     benchmark.group = "data loading"
-    encoder = ClinicalEncoder(bench_cohort.clinical_schema).fit(bench_cohort)
+    encoder = ClinicalCoder(bench_cohort.clinical_schema).fit(bench_cohort)
     uncached = PatientDataset(bench_cohort, encoder, PREPROCESS, memory_cache=False)
     run_measured(benchmark, lambda: _epoch(uncached), rounds=2, items_per_call=N_PATIENTS * N_TIMEPOINTS, item="volume")
 
 
 def test_cached_epoch(bench_cohort, benchmark):
     benchmark.group = "data loading"
-    encoder = ClinicalEncoder(bench_cohort.clinical_schema).fit(bench_cohort)
+    encoder = ClinicalCoder(bench_cohort.clinical_schema).fit(bench_cohort)
     cached = PatientDataset(bench_cohort, encoder, PREPROCESS)
     run_measured(benchmark, lambda: _epoch(cached), rounds=5, items_per_call=N_PATIENTS * N_TIMEPOINTS, item="volume",
                  baselines=["test_uncached_epoch"])
@@ -74,7 +74,7 @@ def test_cached_epoch(bench_cohort, benchmark):
 
 
 def test_cached_epoch_is_at_least_five_times_faster_than_uncached(bench_cohort):
-    encoder = ClinicalEncoder(bench_cohort.clinical_schema).fit(bench_cohort)
+    encoder = ClinicalCoder(bench_cohort.clinical_schema).fit(bench_cohort)
     uncached = PatientDataset(bench_cohort, encoder, PREPROCESS, memory_cache=False)
     uncached_rate = _volumes_per_second(uncached, rounds=2)
     cached = PatientDataset(bench_cohort, encoder, PREPROCESS)

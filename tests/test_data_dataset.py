@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import ClinicalSchema, CohortError, NoduleLocation, Patient
 from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.io import read_mask, read_volume
@@ -139,7 +139,7 @@ def test_clinical_encoder_sees_only_training_categories_and_statistics():
     schema = ClinicalSchema(categorical=("race",), numeric=("age",))
     train = _patients([{"race": "1", "age": 60.0}, {"race": "2", "age": 70.0}, {"race": 1.0, "age": 65.0}])
     test = _patients([{"race": "7", "age": 80.0}, {"race": None, "age": math.nan}, {"race": "2", "age": 60.0}])
-    encoder = ClinicalEncoder(schema).fit(train)
+    encoder = ClinicalCoder(schema).fit(train)
     assert encoder.cardinalities == [3]  # unknown + {"1", "2"}
     codes = [int(encoder.encode(p).categorical[0]) for p in test]
     assert codes == [0, 0, 2]  # "7" seen only in test data -> unknown; missing -> unknown
@@ -148,7 +148,7 @@ def test_clinical_encoder_sees_only_training_categories_and_statistics():
     assert encoded[0].numeric[0] == pytest.approx(scaler.transform([[80.0]])[0, 0])
     assert encoded[1].numeric[0] == 0.0 and bool(encoded[1].numeric_missing[0])
     assert not encoded[2].numeric_missing[0]
-    restored = ClinicalEncoder.from_state_dict(encoder.state_dict())
+    restored = ClinicalCoder.from_state_dict(encoder.state_dict())
     assert restored.encode(test[2]).categorical.tolist() == [2]
 
 
@@ -156,7 +156,7 @@ def test_clinical_encoder_sees_only_training_categories_and_statistics():
 
 
 def _encoder(cohort):
-    return ClinicalEncoder(cohort.clinical_schema).fit(cohort)
+    return ClinicalCoder(cohort.clinical_schema).fit(cohort)
 
 
 def test_dataset_item_holds_preprocessed_time_points_clinical_codes_and_label(tiny_cohort):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import ClinicalSchema, Cohort, NoduleLocation, Patient, Scan
 from mstnet.data.dataset import PatientDataset
 from mstnet.data.io import read_mask, read_volume, write_nifti
@@ -59,7 +59,7 @@ def test_shifting_the_location_moves_the_crop_and_the_mask_is_never_read():
 
 
 def test_dataset_crop_follows_the_manifest_location_not_the_mask(tiny_cohort, tmp_path):
-    encoder = ClinicalEncoder(tiny_cohort.clinical_schema).fit(tiny_cohort)
+    encoder = ClinicalCoder(tiny_cohort.clinical_schema).fit(tiny_cohort)
     config = PreprocessConfig(crop_size=(4, 8, 8))
     reference = PatientDataset(tiny_cohort, encoder, config)[0]
     patient = tiny_cohort["P00"]
@@ -137,7 +137,7 @@ def test_the_mark_has_its_own_random_stream_images_and_masks_do_not_change(bank,
 
 
 def test_training_crops_jitter_around_the_mark_per_epoch_and_validation_crops_do_not(tiny_cohort):
-    encoder = ClinicalEncoder(tiny_cohort.clinical_schema).fit(tiny_cohort)
+    encoder = ClinicalCoder(tiny_cohort.clinical_schema).fit(tiny_cohort)
     config = PreprocessConfig(crop_size=(4, 8, 8))
     no_flips = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0)  # only the jitter
     train = PatientDataset(tiny_cohort, encoder, config, augment=no_flips)
@@ -171,7 +171,7 @@ def test_training_crops_jitter_around_the_mark_per_epoch_and_validation_crops_do
 
 
 def test_slab_mode_feeds_the_whole_field_in_plane_and_jitters_only_in_depth(tiny_cohort):
-    encoder = ClinicalEncoder(tiny_cohort.clinical_schema).fit(tiny_cohort)
+    encoder = ClinicalCoder(tiny_cohort.clinical_schema).fit(tiny_cohort)
     slab = PreprocessConfig(crop_size=(4, 24, 24), crop_mode="slab")  # the tiny volumes are 12 x 24 x 24
     item = PatientDataset(tiny_cohort, encoder, slab)[0]
     loc = tiny_cohort["P00"].scans[0].nodule
@@ -244,7 +244,7 @@ def _two_spacing_cohort(folder: Path) -> Cohort:
 
 
 def _evaluate(cohort: Cohort, model: torch.nn.Module) -> list[dict]:
-    encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort)
+    encoder = ClinicalCoder(cohort.clinical_schema).fit(cohort)
     dataset = PatientDataset(cohort, encoder, PreprocessConfig(crop_size=(4, 8, 8)))
     data = SimpleNamespace(test=dataset, validation=dataset)
     spec = SimpleNamespace(tasks=("segmentation",), data_view=SimpleNamespace(use_clinical=False))
@@ -254,7 +254,7 @@ def _evaluate(cohort: Cohort, model: torch.nn.Module) -> list[dict]:
 
 def test_evaluate_fold_scores_each_scan_on_its_whole_field_at_its_own_spacing(tmp_path):
     cohort = _two_spacing_cohort(tmp_path)
-    item = PatientDataset(cohort, ClinicalEncoder(cohort.clinical_schema).fit(cohort), PreprocessConfig(crop_size=(4, 8, 8)))[0]
+    item = PatientDataset(cohort, ClinicalCoder(cohort.clinical_schema).fit(cohort), PreprocessConfig(crop_size=(4, 8, 8)))[0]
     assert item["spacing"].tolist() == [pytest.approx([2.0, 0.8, 0.8]), pytest.approx([1.0, 0.5, 0.6])]
     # a perfect segmenter of what it sees: T0 (inside the crop) scores 1, T1 (6 slices, crop 4) loses two slices
     rows = {row["timepoint"]: row for row in _evaluate(cohort, _Model())}

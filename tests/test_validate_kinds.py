@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import ClinicalSchema, CohortError
 from mstnet.data.dataset import scan_cache_key
 from mstnet.data.features import patient_features
@@ -148,7 +148,7 @@ def test_the_cohort_carries_its_mask_rule_to_every_reader(tiny_cohort):
     assert scan_cache_key(scan, config) == scan_cache_key(scan, config, None)
     from mstnet.data.dataset import PatientDataset
 
-    encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort)
+    encoder = ClinicalCoder(cohort.clinical_schema).fit(cohort)
     config = PreprocessConfig(crop_size=(8, 16, 16))
     assert PatientDataset(cohort.subset(["P00"]), encoder, config)[0]["mask"][0].sum() > 0  # the dataset reads under the rule
     with pytest.raises(CohortError, match="mask values must be 0 or 1, found 0, 255"):

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import tests.harness_cohort as harness_cohort
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import NoduleLocation
 from mstnet.data.dataset import PatientDataset
 from mstnet.data.sources import load_cohort
@@ -99,7 +99,7 @@ def test_zscore_preprocessing_does_not_depend_on_the_thread_count(target_spacing
 
 def test_items_through_workers_equal_items_in_this_process(cohort_dir, two_threads, tmp_path):
     cohort = load_cohort(cohort_dir)
-    encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort)
+    encoder = ClinicalCoder(cohort.clinical_schema).fit(cohort)
 
     def dataset(cache: str | None) -> PatientDataset:
         return PatientDataset(cohort, encoder, PreprocessConfig(crop_size=CROP), timepoints=2, augment=True,

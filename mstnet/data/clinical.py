@@ -1,14 +1,16 @@
 """Clinical table encoding, fitted on training patients only.
 
-:class:`ClinicalEncoder` turns a patient's clinical record into
+:class:`ClinicalCoder` turns a patient's clinical record into
 
 - ``categorical``: one integer code per categorical column; code 0 is reserved for
   "unknown" (missing, or a category not seen among the training patients), seen categories
-  get codes 1..K in sorted order. :attr:`ClinicalEncoder.cardinalities` gives K + 1 per
+  get codes 1..K in sorted order. :attr:`ClinicalCoder.cardinalities` gives K + 1 per
   column, the size of each embedding table.
 - ``numeric``: each numeric column standardised with the training mean and standard
   deviation; a missing value becomes the training mean (0 after standardising) and is
   flagged in ``numeric_missing``.
+
+The network module that embeds these codes is :class:`mstnet.models.clinical.ClinicalEncoder`.
 
 Categories are compared as normalised strings (:func:`normalise_category`), so ``1``,
 ``1.0`` and ``"1"`` are one category: CSV round trips cannot split a category in two.
@@ -70,7 +72,7 @@ class EncodedClinical:
     numeric_missing: np.ndarray
 
 
-class ClinicalEncoder:
+class ClinicalCoder:
     """Categorical codes (0 = unknown) and standardised numerics, fitted on training patients.
 
     Args:
@@ -78,8 +80,8 @@ class ClinicalEncoder:
             (the harness passes ``cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)``).
 
     Example:
-        >>> encoder = ClinicalEncoder(cohort.clinical_schema).fit(cohort.subset(train_ids))
-        >>> encoder.encode(cohort["P001"]).categorical   # array([2, 1, 3, ...])
+        >>> coder = ClinicalCoder(cohort.clinical_schema).fit(cohort.subset(train_ids))
+        >>> coder.encode(cohort["P001"]).categorical   # array([2, 1, 3, ...])
     """
 
     def __init__(self, schema: ClinicalSchema):
@@ -88,7 +90,7 @@ class ClinicalEncoder:
         self.means: dict[str, float] = {}
         self.stds: dict[str, float] = {}
 
-    def fit(self, patients: Cohort | Iterable[Patient]) -> "ClinicalEncoder":
+    def fit(self, patients: Cohort | Iterable[Patient]) -> "ClinicalCoder":
         """Learn categories and numeric statistics from ``patients`` (the training portion only)."""
         patients = list(patients)
         self.categories = {}
@@ -106,7 +108,7 @@ class ClinicalEncoder:
 
     def _require_fitted(self) -> dict[str, list[str]]:
         if self.categories is None:
-            raise RuntimeError("ClinicalEncoder is not fitted: call fit(training_patients) first")
+            raise RuntimeError("ClinicalCoder is not fitted: call fit(training_patients) first")
         return self.categories
 
     @property
@@ -144,16 +146,16 @@ class ClinicalEncoder:
         return EncodedClinical(categorical, numeric.astype(np.float32), missing)
 
     def state_dict(self) -> dict:
-        """Everything needed to rebuild the fitted encoder (JSON-serialisable)."""
+        """Everything needed to rebuild the fitted coder (JSON-serialisable)."""
         return {"schema": self.schema.to_json(), "categories": self._require_fitted(), "means": self.means, "stds": self.stds}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping) -> "ClinicalEncoder":
-        encoder = cls(ClinicalSchema.from_json(state["schema"]))
-        encoder.categories = {k: list(v) for k, v in state["categories"].items()}
-        encoder.means = dict(state["means"])
-        encoder.stds = dict(state["stds"])
-        return encoder
+    def from_state_dict(cls, state: Mapping) -> "ClinicalCoder":
+        coder = cls(ClinicalSchema.from_json(state["schema"]))
+        coder.categories = {k: list(v) for k, v in state["categories"].items()}
+        coder.means = dict(state["means"])
+        coder.stds = dict(state["stds"])
+        return coder
 
 
 def _category_sort_key(value: str) -> tuple[int, float, str]:

@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mstnet.atomic import write_bytes_atomic
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort, CohortError, Patient, Problem, Scan
 from mstnet.data.io import read_mask, read_volume, read_volume_info
 from mstnet.data.transforms import (
@@ -135,7 +135,7 @@ class PatientDataset(Dataset):
 
     Args:
         cohort: the patients (e.g. one fold's training portion).
-        encoder: a :class:`ClinicalEncoder` already fitted on training patients.
+        encoder: a :class:`ClinicalCoder` already fitted on training patients.
         preprocess: the deterministic preprocessing. Default ``PreprocessConfig()``.
         timepoints: ``None`` (default) all scans, ``k`` the latest k, or a list of time point
             names. Items of a batch must have the same T.
@@ -152,7 +152,7 @@ class PatientDataset(Dataset):
         >>> dataset[0]["image"].shape   # torch.Size([2, 1, 16, 64, 64])
     """
 
-    def __init__(self, cohort: Cohort, encoder: ClinicalEncoder, preprocess: PreprocessConfig | None = None,
+    def __init__(self, cohort: Cohort, encoder: ClinicalCoder, preprocess: PreprocessConfig | None = None,
                  timepoints: Timepoints = None, augment: bool | AugmentConfig = False, cache_dir: str | Path | None = None,
                  memory_cache: bool = True, seed: int = 0):
         self.cohort = cohort

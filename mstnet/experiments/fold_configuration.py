@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort
 from mstnet.errors import UsageError
 from mstnet.experiments.fold_record import json_default
@@ -41,7 +41,7 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
 
 
-def model_context(spec: ExperimentSpec, encoder: ClinicalEncoder, options: RunOptions) -> ModelContext:
+def model_context(spec: ExperimentSpec, encoder: ClinicalCoder, options: RunOptions) -> ModelContext:
     """The context a torch experiment's model is built for: crop size, time points, the fold's clinical
     columns (``encoder``) and the ``--set`` model settings."""
     _, model_overrides = split_overrides(options.params)
@@ -114,7 +114,7 @@ def fold_configuration(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fol
         model, recipe = spec.build(context), None
     else:
         recipe = resolve_recipe(spec, options)
-        context = model_context(spec, ClinicalEncoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources))
+        context = model_context(spec, ClinicalCoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources))
                                 .fit(cohort.subset(fold.train)), options)
         model = _build_for_settings(spec, context)
     configuration = {

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mstnet.data.clinical import ClinicalEncoder
+from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.transforms import PreprocessConfig
@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
 
 class FoldData:
-    """The three datasets of one fold, sharing a clinical encoder fitted on ``train`` only."""
+    """The three datasets of one fold, sharing a clinical coder fitted on ``train`` only."""
 
     def __init__(self, cohort: Cohort, fold: Fold, spec: ExperimentSpec, options: RunOptions):
-        self.encoder = ClinicalEncoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(cohort.subset(fold.train))
+        self.encoder = ClinicalCoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(cohort.subset(fold.train))
         preprocess = PreprocessConfig(crop_size=options.preset.crop_size, crop_mode=options.preset.crop_mode)
         timepoints = spec.data_view.timepoints
 

@@ -236,7 +236,7 @@ def training_cohort(runs_dir: Path, fingerprint: str, train_data: str | Path | N
 
 def load_fold_model(fold_dir: Path, training: Cohort, splits, device: torch.device) -> FoldModel:
     """Rebuild one fold's model from ``config.json`` and ``best.pt``, with its refitted clinical encoder."""
-    from mstnet.data.clinical import ClinicalEncoder
+    from mstnet.data.clinical import ClinicalCoder
     from mstnet.experiments.registry import ModelContext, get_experiment
     from mstnet.experiments.training import to_channels_last
 
@@ -247,7 +247,7 @@ def load_fold_model(fold_dir: Path, training: Cohort, splits, device: torch.devi
                          "a fold checkpoint (best.pt)")
     fold_index = int(configuration["fold"])
     fold = splits.folds[fold_index]
-    encoder = ClinicalEncoder(training.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(
+    encoder = ClinicalCoder(training.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(
         training.subset(fold.train))
     recorded = configuration["context"]
     context = ModelContext(image_size=tuple(recorded["image_size"]), num_timepoints=int(recorded["num_timepoints"]),
