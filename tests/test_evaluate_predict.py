@@ -25,7 +25,7 @@ from mstnet.cli import main
 from mstnet.data.io import read_mask, read_volume, read_volume_info, write_dicom_series, write_nifti, write_npy
 from mstnet.data.sources import load_cohort
 from mstnet.data.sources.manifest import UNLABELLED, load_manifest_cohort
-from mstnet.experiments.evaluation import volume_geometry
+from mstnet.experiments.mask_geometry import volume_geometry
 from mstnet.reporting import build_report, load_results
 
 METRICS = ["dice", "jaccard", "hd95", "asd"]

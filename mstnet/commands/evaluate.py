@@ -48,7 +48,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from mstnet.data.sources import load_cohort
         from mstnet.errors import UsageError
         from mstnet.commands.experiments import parse_folds
-        from mstnet.experiments.evaluation import DEFAULT_PATTERN, evaluate_predictions
+        from mstnet.experiments.evaluation import evaluate_predictions
+        from mstnet.experiments.prediction_folder import DEFAULT_PATTERN
 
         if data is None:
             source = None

@@ -47,14 +47,8 @@ from mstnet.atomic import atomic_path, write_text_atomic
 from mstnet.data.cohort import Cohort, CohortError, Problem
 from mstnet.data.io import write_nifti
 from mstnet.errors import UsageError
-from mstnet.experiments.evaluation import (
-    DEFAULT_PATTERN,
-    PREDICTION_RECORD,
-    PROBABILITIES_FILE,
-    mask_name,
-    stored_affine,
-    volume_geometry,
-)
+from mstnet.experiments.mask_geometry import stored_affine, volume_geometry
+from mstnet.experiments.prediction_folder import DEFAULT_PATTERN, PREDICTION_RECORD, PROBABILITIES_FILE, mask_name
 from mstnet.metrics import DECISION_THRESHOLD
 
 log = logging.getLogger(__name__)
