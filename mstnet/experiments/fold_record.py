@@ -28,10 +28,9 @@ from mstnet.atomic import write_text_atomic
 from mstnet.experiments.convergence import fold_plateau, short_of_plateau
 from mstnet.experiments.optimisation import OPTIMIZER_LABELS
 from mstnet.experiments.registry import Recipe
+from mstnet.results_files import (ATTEMPTS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
+                                  TIMING_FILE)
 
-ATTEMPTS_FILE = "attempts.json"
-TIMING_FILE = "timing.csv"
-"""Per epoch: stage, epoch, optimizer step and cumulative wall seconds (the learning curve's time axis)."""
 TRAIN_LOG = "train.log"
 
 
@@ -147,7 +146,7 @@ class FoldRecord:
 
     def write_history(self, history: pd.DataFrame, seconds: Sequence[float]) -> None:
         """``history.csv`` (one row per epoch) and, when every epoch was timed, ``timing.csv``."""
-        write_text_atomic(self.fold_dir / "history.csv", history.to_csv(index=False))
+        write_text_atomic(self.fold_dir / HISTORY_FILE, history.to_csv(index=False))
         if len(seconds) == len(history):
             timing = history[["stage", "epoch", "step"]].assign(seconds=list(seconds))
             write_text_atomic(self.fold_dir / TIMING_FILE, timing.to_csv(index=False))
@@ -161,8 +160,8 @@ class FoldRecord:
         and the plateau verdict of every stage (:mod:`mstnet.experiments.convergence`).
         """
         if patients:
-            write_text_atomic(self.fold_dir / "predictions.csv", pd.DataFrame(patients).to_csv(index=False))
-        write_json(self.fold_dir / "metrics.json", metrics)
+            write_text_atomic(self.fold_dir / PREDICTIONS_FILE, pd.DataFrame(patients).to_csv(index=False))
+        write_json(self.fold_dir / METRICS_FILE, metrics)
         training: dict[str, Any] = {}
         if history is not None and len(history):
             rows = history.to_dict("records")
@@ -172,7 +171,7 @@ class FoldRecord:
                         "short_of_plateau": short_of_plateau(verdicts)}
         if recipe is not None:
             training["recipe_summary"] = recipe_summary(recipe)
-        write_json(self.fold_dir / "run.json", {
+        write_json(self.fold_dir / RUN_FILE, {
             "status": "complete", "experiment": self.experiment, "fold": self.fold_index,
             "splits_hash": self.splits_hash, **self.attempts.finish(resumed_from_epoch), "selected_epoch": selected_epoch,
             "threshold": threshold, "resumed_from_epoch": resumed_from_epoch, **training, **environment(self.device),

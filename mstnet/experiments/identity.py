@@ -21,8 +21,8 @@ from typing import Any
 
 from mstnet.data.cohort import Cohort
 from mstnet.errors import UsageError
+from mstnet.results_files import CONFIG_FILE
 
-CONFIG_FILE = "config.json"
 IDENTITY_KEY = "identity"
 PRESET_FIELDS_OUTSIDE_IDENTITY = ("jobs",)
 """Preset fields that change how a run is scheduled, not what it computes."""

@@ -39,8 +39,8 @@ from matplotlib.ticker import MaxNLocator
 
 from mstnet.reporting.plotting import display_order, figure_style, method_name, new_figure, palette, save_figure
 from mstnet.reporting.results import Results, ResultsError
+from mstnet.results_files import CONFIG_FILE, HISTORY_FILE, RUN_FILE, TIMING_FILE
 
-TIMING_FILE = "timing.csv"
 DEFAULT_STAGE = "joint"
 """The stage of a ``history.csv`` written before stages were recorded (one stage on every loss)."""
 POINT_COLUMNS: tuple[str, ...] = ("experiment", "fold", "stage", "stage_index", "epoch", "step", "seconds",
@@ -180,7 +180,7 @@ def fold_folder(results: Results, experiment: str, fold: int) -> Path | None:
     name = Path(results.experiments.at[experiment, "folder"]).name
     for runs_dir in results.runs_dirs:
         candidate = Path(runs_dir) / name / f"fold{fold}"
-        if (candidate / "history.csv").is_file():
+        if (candidate / HISTORY_FILE).is_file():
             return candidate
     return None
 
@@ -205,8 +205,8 @@ def read_curves(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     for (experiment, fold), history in results.histories.groupby(["experiment", "fold"], sort=False):
         folder = fold_folder(results, experiment, int(fold))
         timing = _read_timing(folder / TIMING_FILE) if folder else None
-        run = _optional_json(folder / "run.json") if folder else {}
-        recipe = (_optional_json(folder / "config.json") if folder else {}).get("recipe") or {}
+        run = _optional_json(folder / RUN_FILE) if folder else {}
+        recipe = (_optional_json(folder / CONFIG_FILE) if folder else {}).get("recipe") or {}
         frame = fold_points(history.drop(columns=["experiment", "fold"]).dropna(axis=1, how="all"), timing)
         frame.insert(0, "experiment", experiment)
         frame.insert(1, "fold", int(fold))
