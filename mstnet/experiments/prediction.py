@@ -290,6 +290,48 @@ def load_unlabelled_cohort(data: str | Path, binarize_masks: str | None = None) 
     return load_cohort(data, binarize_masks=binarize_masks, **options)
 
 
+def _folds_to_predict_with(folder: Path, fold: int | None) -> list[int]:
+    """``[fold]`` when it is a trained fold of ``folder``, else (None) every trained fold."""
+    available = trained_folds(folder)
+    if not available:
+        raise UsageError(f"{folder}: no finished fold with a best.pt checkpoint")
+    if fold is not None and fold not in available:
+        raise UsageError(f"--fold {fold}: not a trained fold of {folder.name}; trained folds: "
+                         f"{', '.join(map(str, available))}")
+    return [fold] if fold is not None else available
+
+
+def _clear_output(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` without ``overwrite``; with it, remove earlier predictions there."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out} is not empty; pass --overwrite to replace predictions there, or use another --out")
+        for stale in [*out.glob("*.nii.gz"), *out.glob("*.nii"), out / PROBABILITIES_FILE, out / PREDICTION_RECORD]:
+            stale.unlink(missing_ok=True)
+
+
+def _predict_batches(loader, patients_of: dict, models: Sequence[FoldModel], device: torch.device,
+                     writer: PredictionWriter) -> None:
+    """Each batch through every fold's model; the mean over folds of the probabilities and foregrounds to ``writer``."""
+    from mstnet.experiments.evaluation_fold import predict
+
+    for batch in loader:
+        patients = [patients_of[p][0] for p in batch["patient_id"]]
+        probabilities, foregrounds = [], []
+        for fold_model in models:
+            fold_batch = _with_clinical(batch, patients, fold_model.encoder)
+            for _, probability, foreground in predict(fold_model.model, [fold_batch], device,
+                                                      fold_model.use_clinical, fold_model.amp):
+                probabilities.append(probability)
+                foregrounds.append(foreground)
+        probability = torch.stack(probabilities).double().mean(0) if probabilities[0] is not None else None
+        foreground = torch.stack(foregrounds).double().mean(0) if foregrounds[0] is not None else None
+        for i, patient_id in enumerate(batch["patient_id"]):
+            writer.add(patient_id, patients_of[patient_id][1], None if foreground is None else foreground[i].numpy(),
+                       batch["crop_start"][i], batch["field_shape"][i],
+                       None if probability is None else float(probability[i]))
+
+
 def predict_cohort(run_dir: str | Path, cohort: Cohort, out: str | Path, *, experiment: str | None = None,
                    fold: int | None = None, device: torch.device | str = "cpu", train_data: str | Path | None = None,
                    batch_size: int | None = None, overwrite: bool = False) -> PredictionRun:
@@ -313,25 +355,14 @@ def predict_cohort(run_dir: str | Path, cohort: Cohort, out: str | Path, *, expe
 
     from mstnet.data.dataset import PatientDataset, collate_patients
     from mstnet.data.transforms import PreprocessConfig
-    from mstnet.experiments.evaluation_fold import predict
     from mstnet.experiments.splits import Splits
 
     device = torch.device(device) if isinstance(device, str) else device
     folder = experiment_folder(Path(run_dir), experiment)
     runs_dir = folder.parent
-    available = trained_folds(folder)
-    if not available:
-        raise UsageError(f"{folder}: no finished fold with a best.pt checkpoint")
-    if fold is not None and fold not in available:
-        raise UsageError(f"--fold {fold}: not a trained fold of {folder.name}; trained folds: "
-                         f"{', '.join(map(str, available))}")
-    folds = [fold] if fold is not None else available
+    folds = _folds_to_predict_with(folder, fold)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{out} is not empty; pass --overwrite to replace predictions there, or use another --out")
-        for stale in [*out.glob("*.nii.gz"), *out.glob("*.nii"), out / PROBABILITIES_FILE, out / PREDICTION_RECORD]:
-            stale.unlink(missing_ok=True)
+    _clear_output(out, overwrite)
     configurations = {k: _read_json(folder / f"fold{k}" / "config.json") for k in folds}
     first = configurations[folds[0]]
     splits = Splits.read(runs_dir / "splits.json")
@@ -353,21 +384,7 @@ def predict_cohort(run_dir: str | Path, cohort: Cohort, out: str | Path, *, expe
         loader = DataLoader(dataset, batch_size=batch_size or int(preset["batch_size"]), shuffle=False,
                             collate_fn=collate_patients)
         patients_of = {patient.patient_id: (patient, scans) for patient, scans in dataset.items}
-        for batch in loader:
-            patients = [patients_of[p][0] for p in batch["patient_id"]]
-            probabilities, foregrounds = [], []
-            for fold_model in models:
-                fold_batch = _with_clinical(batch, patients, fold_model.encoder)
-                for _, probability, foreground in predict(fold_model.model, [fold_batch], device,
-                                                          fold_model.use_clinical, fold_model.amp):
-                    probabilities.append(probability)
-                    foregrounds.append(foreground)
-            probability = torch.stack(probabilities).double().mean(0) if probabilities[0] is not None else None
-            foreground = torch.stack(foregrounds).double().mean(0) if foregrounds[0] is not None else None
-            for i, patient_id in enumerate(batch["patient_id"]):
-                writer.add(patient_id, patients_of[patient_id][1], None if foreground is None else foreground[i].numpy(),
-                           batch["crop_start"][i], batch["field_shape"][i],
-                           None if probability is None else float(probability[i]))
+        _predict_batches(loader, patients_of, models, device, writer)
     writer.close()
     log.info("%s (%s): %d masks, %d probabilities -> %s", spec_name, writer.record["combination"], writer.masks,
              len(writer.probabilities), out)
