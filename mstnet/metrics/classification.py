@@ -87,6 +87,25 @@ def roc_auc(y_true: Any, y_prob: Any) -> float:
     return float(roc_auc_score(labels, probabilities))
 
 
+def _thresholded_ratios(labels: np.ndarray, predicted: np.ndarray, average: str,
+                        zero_division: float) -> tuple[float, float, float, float]:
+    """Precision, recall, specificity and F1 of 0/1 predictions, ``average`` as in :func:`classification_metrics`."""
+    options = {"labels": [0, 1], "zero_division": np.nan if math.isnan(zero_division) else zero_division}
+    recall_per_class = recall_score(labels, predicted, average=None, **options)
+    if average == "binary":
+        precision = precision_score(labels, predicted, average="binary", pos_label=1, **options)
+        recall = recall_per_class[1]
+        f1 = f1_score(labels, predicted, average="binary", pos_label=1, **options)
+        specificity = recall_per_class[0]
+    else:
+        precision = precision_score(labels, predicted, average="weighted", **options)
+        recall = recall_score(labels, predicted, average="weighted", **options)
+        f1 = f1_score(labels, predicted, average="weighted", **options)
+        support = np.bincount(labels, minlength=2)
+        specificity = nan_weighted_average([recall_per_class[1], recall_per_class[0]], [support[0], support[1]])
+    return precision, recall, specificity, f1
+
+
 def classification_metrics(
     y_true: Any, y_prob: Any, threshold: float = DECISION_THRESHOLD, average: str = "binary", zero_division: float = math.nan
 ) -> dict[str, float]:
@@ -127,19 +146,7 @@ def classification_metrics(
     if not (math.isnan(zero_division) or zero_division in (0, 1)):
         raise ValueError(f"zero_division: expected NaN, 0 or 1, got {zero_division}")
     predicted = (probabilities >= threshold).astype(np.int64)
-    options = {"labels": [0, 1], "zero_division": np.nan if math.isnan(zero_division) else zero_division}
-    recall_per_class = recall_score(labels, predicted, average=None, **options)
-    if average == "binary":
-        precision = precision_score(labels, predicted, average="binary", pos_label=1, **options)
-        recall = recall_per_class[1]
-        f1 = f1_score(labels, predicted, average="binary", pos_label=1, **options)
-        specificity = recall_per_class[0]
-    else:
-        precision = precision_score(labels, predicted, average="weighted", **options)
-        recall = recall_score(labels, predicted, average="weighted", **options)
-        f1 = f1_score(labels, predicted, average="weighted", **options)
-        support = np.bincount(labels, minlength=2)
-        specificity = nan_weighted_average([recall_per_class[1], recall_per_class[0]], [support[0], support[1]])
+    precision, recall, specificity, f1 = _thresholded_ratios(labels, predicted, average, zero_division)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
         "precision": float(precision),
