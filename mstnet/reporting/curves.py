@@ -37,8 +37,9 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from mstnet.reporting.plotting import display_order, figure_style, method_name, new_figure, palette, save_figure
+from mstnet.reporting.plotting import display_order, figure_style, new_figure, palette, save_figure
 from mstnet.reporting.results import Results, ResultsError
+from mstnet.reporting.table_data import method_name
 from mstnet.results_files import CONFIG_FILE, HISTORY_FILE, RUN_FILE, TIMING_FILE
 
 DEFAULT_STAGE = "joint"

@@ -49,13 +49,12 @@ from mstnet.reporting.plotting import (
     display_order,
     figure_style,
     file_stem,
-    method_name,
     new_figure,
     palette,
     save_figure,
 )
 from mstnet.reporting.results import Results
-from mstnet.reporting.table_data import COLUMN_BY_KEY
+from mstnet.reporting.table_data import COLUMN_BY_KEY, method_name
 
 log = logging.getLogger(__name__)
 

@@ -57,12 +57,6 @@ def figure_style():
     return matplotlib.rc_context({**sns.axes_style("whitegrid"), **FONT_SIZES})
 
 
-def method_name(results: Results, experiment: str) -> str:
-    """The row name of an experiment: its Table-1 row, else its registry name."""
-    row = results.experiments.at[experiment, "table_row"]
-    return row if row else experiment
-
-
 def display_order(results: Results) -> list[str]:
     """Experiments in report order: Table-1 rows in the paper's order, then references, then ablations."""
     names = list(results.experiments.index)

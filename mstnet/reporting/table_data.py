@@ -55,6 +55,7 @@ COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 
 
 def method_name(results: Results, experiment: str) -> str:
+    """The row name of an experiment in tables and figures: its Table-1 row, else its registry name."""
     row = results.experiments.at[experiment, "table_row"] if experiment in results.experiments.index else None
     return row if isinstance(row, str) and row else experiment
 
