@@ -11,6 +11,7 @@ import torch
 
 from mstnet.cli import main
 from mstnet.commands import gpu
+from mstnet.experiments import step_profile
 
 
 def test_without_cuda_it_says_skipped_and_exits_0(tmp_path, capsys, monkeypatch):
@@ -31,13 +32,13 @@ def test_largest_batch_doubles_then_bisects_to_the_memory_limit(monkeypatch):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return {"peak_memory_mib": 100.0 * batch_size, "patients_per_s": float(batch_size)}
 
-    monkeypatch.setattr(gpu, "time_step", fake_step)
-    result = gpu.largest_batch("tiny", "cpu", limit=64)
+    monkeypatch.setattr(step_profile, "time_step", fake_step)
+    result = step_profile.largest_batch("tiny", "cpu", limit=64)
     assert result["largest"] == 5 and result["limited_by"] == "memory"
     assert tried == [1, 2, 4, 8, 6, 5]
     assert result["peak_memory_mib"] == 500.0
     tried.clear()
-    assert gpu.largest_batch("tiny", "cpu", limit=3)["largest"] == 3 and tried == [1, 2, 3]
+    assert step_profile.largest_batch("tiny", "cpu", limit=3)["largest"] == 3 and tried == [1, 2, 3]
 
 
 def test_the_whole_check_on_the_cpu_with_the_tiny_preset(tmp_path):
