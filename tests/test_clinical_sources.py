@@ -21,7 +21,7 @@ from mstnet.experiments.registry import DataView, get_experiment
 from mstnet.experiments.runner import FoldData, RunOptions, fold_configuration, tabular_context
 from mstnet.experiments.splits import Fold, Splits
 from mstnet.synth import synth_config, synthesize_cohort
-from mstnet.synth.generator import CLINICAL_SCHEMA
+from mstnet.synth.cohort_folder import CLINICAL_SCHEMA
 from mstnet.synth.shape_bank import build_shape_bank
 
 READS = {"emphysema", "upper_lobe", "nodule_count", "nodule_type", "spiculated"}

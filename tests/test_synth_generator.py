@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import pearsonr
 
 from mstnet.synth import draw_cohort_table, ensure_default_cohort, synth_config, synthesize_cohort
-from mstnet.synth.generator import with_overrides
+from mstnet.synth.config import with_overrides
 from mstnet.synth.shape_bank import ShapeBank, build_shape_bank, shape_bank_path
 
 TINY_PATIENTS = 10

@@ -257,7 +257,8 @@ def test_schema_categories_round_trip_and_bad_categories_are_named(tiny_cohort):
 
 
 def test_the_synthetic_generator_declares_the_categories_of_its_categorical_columns():
-    from mstnet.synth.generator import CLINICAL_SCHEMA, SynthConfig, clinical_categories
+    from mstnet.synth import SynthConfig
+    from mstnet.synth.cohort_folder import CLINICAL_SCHEMA, clinical_categories
 
     categories = clinical_categories(SynthConfig())
     assert set(categories) == set(CLINICAL_SCHEMA.categorical)

@@ -55,7 +55,7 @@ def make_cohort(out: Path, preset: str = "paper", n_patients: int = FIVE_FOLDS_P
     """A synthetic cohort of ``preset``'s size with ``n_patients`` patients, at least five of each label
     (so five folds each get both): the first seed from 0 whose drawn labels allow it."""
     from mstnet.synth import synth_config, synthesize_cohort
-    from mstnet.synth.generator import draw_cohort_table
+    from mstnet.synth.truth_table import draw_cohort_table
     from mstnet.synth.shape_bank import load_shape_bank
 
     from mstnet.experiments.presets import run_preset

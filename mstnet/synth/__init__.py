@@ -6,9 +6,11 @@
 - :func:`load_shape_bank`: the LIDC consensus shapes; :mod:`mstnet.synth.oracle`: AUC ceilings.
 """
 
-from mstnet.synth.generator import SynthConfig, draw_cohort_table, ensure_default_cohort, synthesize_cohort
+from mstnet.synth.cohort_folder import ensure_default_cohort, synthesize_cohort
+from mstnet.synth.config import SynthConfig
 from mstnet.synth.presets import SYNTH_PRESETS, synth_config
 from mstnet.synth.shape_bank import ShapeBank, load_shape_bank
+from mstnet.synth.truth_table import draw_cohort_table
 
 __all__ = [
     "SYNTH_PRESETS",

@@ -84,7 +84,7 @@ from mstnet.information import INFORMATION_KEYS, parse_information_key
 from mstnet.synth.risk import BROCK_COEFFICIENTS, TEXTURES, GrowthModel, brock_terms, texture_class
 
 if TYPE_CHECKING:
-    from mstnet.synth.generator import SynthConfig
+    from mstnet.synth.config import SynthConfig
     from mstnet.synth.shape_bank import ShapeBank
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class _LogGrowthGrid:
 
 
 def _atoms(config: SynthConfig, bank: ShapeBank) -> _Atoms:
-    from mstnet.synth.generator import eligible_bank_indices
+    from mstnet.synth.truth_table import eligible_bank_indices
 
     chosen = eligible_bank_indices(bank, config)
     diameter = bank.column("diameter_mm")[chosen]

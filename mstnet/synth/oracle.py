@@ -47,7 +47,7 @@ from mstnet.synth.information_sets import InformationOracle, information_method
 from mstnet.synth.risk import brock_logit, brock_terms
 
 if TYPE_CHECKING:
-    from mstnet.synth.generator import SynthConfig
+    from mstnet.synth.config import SynthConfig
     from mstnet.synth.shape_bank import ShapeBank
 
 ORACLE_KEYS: tuple[str, ...] = (*INFORMATION_KEYS, "everything")
@@ -120,7 +120,7 @@ def oracle_scores(truth: pd.DataFrame, config: SynthConfig, bank: ShapeBank | No
 
 
 def stored_scores(truth: pd.DataFrame) -> pd.DataFrame | None:
-    """The posteriors :func:`~mstnet.synth.generator.draw_cohort_table` wrote into ``truth`` (``oracle_posterior`` is
+    """The posteriors :func:`~mstnet.synth.truth_table.draw_cohort_table` wrote into ``truth`` (``oracle_posterior`` is
     ``everything``, ``oracle_<key>`` the others), as :func:`oracle_scores` returns them; None if any is missing."""
     names = {key: "oracle_posterior" if key == "everything" else f"oracle_{key}" for key in ORACLE_KEYS}
     if any(name not in truth for name in names.values()):
@@ -168,8 +168,8 @@ def write_oracle(folder: str | Path, report: dict) -> Path:
 
 
 def synth_config_from_json(stored: dict[str, Any]) -> SynthConfig:
-    """The :class:`~mstnet.synth.generator.SynthConfig` recorded in a cohort's ``cohort.json`` (its ``"config"``)."""
-    from mstnet.synth.generator import SynthConfig, with_overrides
+    """The :class:`~mstnet.synth.config.SynthConfig` recorded in a cohort's ``cohort.json`` (its ``"config"``)."""
+    from mstnet.synth.config import SynthConfig, with_overrides
 
     flat: dict[str, Any] = {}
     for key, value in stored.items():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mstnet.synth.generator import SynthConfig, with_overrides
+from mstnet.synth.config import SynthConfig, with_overrides
 
 SYNTH_PRESETS: dict[str, SynthConfig] = {
     "tiny": SynthConfig(name="tiny", n_patients=24, shape=(16, 48, 48), centre_jitter_voxels=(1, 4, 4), max_initial_diameter_mm=12.0,
