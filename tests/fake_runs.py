@@ -3,7 +3,7 @@
 :func:`write_fake_runs` writes what ``mstnet run`` / ``reproduce`` / ``ablate`` write, with
 random but seeded numbers, so the reports can be tested without training anything. Real runs
 are checked against the same contract with
-:func:`mstnet.reporting.results.check_runs_dir`.
+:func:`mstnet.reporting.results_check.check_runs_dir`.
 
 Layout written::
 

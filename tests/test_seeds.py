@@ -184,7 +184,8 @@ def test_a_seed_missing_a_fold_is_left_out_with_a_warning(tmp_path, caplog):
 
 
 def test_seeds_on_two_machines_merge_and_the_same_seed_twice_is_refused(tmp_path):
-    from mstnet.reporting.results import ResultsError, load_many
+    from mstnet.reporting.results import ResultsError
+    from mstnet.reporting.results_merge import load_many
 
     rng = np.random.default_rng(11)
     _write_runs(tmp_path / "a", {"mstnet": 1, "naslung": 1, "unetr": 1}, rng)

@@ -9,6 +9,8 @@ Example::
 """
 
 from mstnet.reporting.build import build_report
-from mstnet.reporting.results import Results, ResultsError, check_runs_dir, load_many, load_results
+from mstnet.reporting.results import Results, ResultsError, load_results
+from mstnet.reporting.results_check import check_runs_dir
+from mstnet.reporting.results_merge import load_many
 
 __all__ = ["Results", "ResultsError", "build_report", "check_runs_dir", "load_many", "load_results"]

@@ -31,7 +31,8 @@ from mstnet.reporting.paper_formats import (results_table_csv, results_table_htm
 from mstnet.reporting.paper_table import ResultsTable, paper_table, reference_table
 from mstnet.reporting.performance import performance_texts
 from mstnet.reporting.html import STYLE, Section, frame_table, key_value_table, render_index
-from mstnet.reporting.results import Results, is_benchmark_json, load_many
+from mstnet.reporting.results import Results, is_benchmark_json
+from mstnet.reporting.results_merge import load_many
 
 log = logging.getLogger(__name__)
 
