@@ -18,16 +18,13 @@ import pytest
 from harness_cohort import write_growth_cohort
 from mstnet.cli import main
 from mstnet.errors import UsageError
-from mstnet.experiments.launcher import (
-    Launcher,
+from mstnet.experiments.launcher import Launcher, TasksFailed, make_launcher, pending_folds
+from mstnet.experiments.slurm_scheduler import scheduler_states
+from mstnet.experiments.slurm_settings import (
     SlurmSettings,
-    TasksFailed,
-    make_launcher,
     parse_sbatch_flags,
     parse_time,
-    pending_folds,
     read_launcher_config,
-    scheduler_states,
     slurm_settings,
 )
 from mstnet.experiments.presets import run_preset

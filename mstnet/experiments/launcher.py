@@ -23,191 +23,37 @@ Settings (:class:`SlurmSettings`) come from ``--launcher-config FILE`` (TOML or 
 command-line options, which win. Logs and submitit's files are kept in ``RUNS_DIR/.slurm/``.
 ``backend="local"`` runs the same tasks as local processes through submitit's
 ``LocalExecutor`` (the unit tests use it); ``--launcher local`` is the plain process pool.
+
+Where the parts live: the settings in :mod:`mstnet.experiments.slurm_settings`, what one array
+task runs in :mod:`mstnet.experiments.array_tasks`, and what SLURM says of a task in
+:mod:`mstnet.experiments.slurm_scheduler`.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
-import os
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mstnet.atomic import write_text_atomic
 from mstnet.errors import UsageError
+from mstnet.experiments.array_tasks import FoldTask, TuneTask
+from mstnet.experiments.slurm_scheduler import ACTIVE_STATES, SchedulerUnavailable, scheduler_states
+from mstnet.experiments.slurm_settings import SLURM_DIR, SlurmSettings, slurm_settings
 
 log = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm")
-SLURM_DIR = ".slurm"
 TASKS_FILE = "tasks.json"
 ERROR_LINES = 12
-# SLURM job states in which a task may still run (everything else has ended).
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED"}
 
 
 # --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """What each array task asks SLURM for, and how the launcher submits and waits.
-
-    Attributes:
-        partition: ``--partition`` (None: the cluster's default).
-        gpus_per_task: ``--gpus-per-task`` (None or 0: none).
-        cpus_per_task: ``--cpus-per-task`` (None: the cluster's default, usually 1); also the
-            task's torch threads.
-        mem_gb: ``--mem`` in GB (None: the cluster's default).
-        time_min: ``--time`` in minutes per task (default 24 h). A task that reaches it is
-            requeued by submitit and resumes from its last epoch.
-        sbatch: extra sbatch flags, ``{"account": "rad", "qos": "long", "exclusive": True}``.
-        setup: shell lines run in the batch script before the task (``module load ...``).
-        max_parallel: array tasks running at once (``--array=0-N%max_parallel``; None: 256).
-        job_name: ``--job-name``.
-        log_dir: submitit's folder (scripts, pickles, logs); default ``RUNS_DIR/.slurm``.
-        poll_s: seconds between checks of the array while waiting.
-    """
-
-    partition: str | None = None
-    gpus_per_task: int | None = None
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    time_min: int = 24 * 60
-    sbatch: dict[str, Any] = field(default_factory=dict)
-    setup: tuple[str, ...] = ()
-    max_parallel: int | None = None
-    job_name: str = "mstnet"
-    log_dir: Path | None = None
-    poll_s: float = 5.0
-
-
-CONFIG_KEYS = {"partition": str, "gpus_per_task": int, "cpus_per_task": int, "mem_gb": (int, float),
-               "time": (int, str), "time_min": int, "sbatch": dict, "setup": list, "max_parallel": int,
-               "job_name": str, "log_dir": str, "poll_s": (int, float)}
-
-
-def parse_time(value: int | str) -> int:
-    """A SLURM time limit as minutes: ``90``, ``"90"``, ``"MM:SS"``, ``"HH:MM:SS"``, ``"D-HH[:MM[:SS]]"``.
-
-    Raises:
-        UsageError: anything else, or a limit under one minute.
-    """
-    if isinstance(value, bool):
-        raise UsageError(f"time limit {value!r}: give minutes or [D-]HH:MM:SS")
-    if isinstance(value, int):
-        minutes = value
-    else:
-        text = str(value).strip()
-        match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-        if not match:
-            raise UsageError(f"time limit {value!r}: give minutes or [D-]HH:MM:SS, e.g. 90, 12:00:00, 2-00:00:00")
-        days, first, second, third = match.groups()
-        numbers = [int(part) for part in (first, second, third) if part is not None]
-        if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
-            hours, mins, secs = (numbers + [0, 0])[:3]
-            minutes = int(days) * 1440 + hours * 60 + mins + (secs + 59) // 60
-        elif len(numbers) == 1:  # MM
-            minutes = numbers[0]
-        elif len(numbers) == 2:  # MM:SS
-            minutes = numbers[0] + (numbers[1] + 59) // 60
-        else:  # HH:MM:SS
-            minutes = numbers[0] * 60 + numbers[1] + (numbers[2] + 59) // 60
-    if minutes < 1:
-        raise UsageError(f"time limit {value!r}: at least one minute")
-    return minutes
-
-
-def parse_sbatch_flags(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["account=rad", "--qos=long", "exclusive"]`` -> ``{"account": "rad", "qos": "long", "exclusive": True}``."""
-    flags: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = str(item).partition("=")
-        key = key.strip().lstrip("-")
-        if not key:
-            raise UsageError(f"--sbatch takes KEY=VALUE (an sbatch long option without its dashes); got {item!r}")
-        flags[key] = value if sep else True
-    return flags
-
-
-def read_launcher_config(path: Path) -> dict[str, Any]:
-    """The settings of a ``--launcher-config`` file: TOML (``.toml``) or JSON, at top level or under ``[slurm]``.
-
-    Raises:
-        UsageError: a missing or unreadable file, an unknown key, a value of the wrong type.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--launcher-config {path}: no such file")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ModuleNotFoundError:
-        raise UsageError(f"--launcher-config {path}: reading TOML on Python 3.10 needs `pip install tomli`; "
-                         "or write the file as JSON") from None
-    except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise UsageError(f"--launcher-config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--launcher-config {path}: expected a table of settings, got {type(data).__name__}")
-    if isinstance(data.get("slurm"), dict):
-        data = data["slurm"]
-    unknown = sorted(set(data) - set(CONFIG_KEYS))
-    if unknown:
-        raise UsageError(f"--launcher-config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}")
-    for key, value in data.items():
-        kind = CONFIG_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise UsageError(f"--launcher-config {path}: {key} must be {names}; got {value!r}")
-    return data
-
-
-def slurm_settings(config: Path | None = None, partition: str | None = None, gpus_per_task: int | None = None,
-                   cpus_per_task: int | None = None, mem_gb: float | None = None, time_limit: str | None = None,
-                   sbatch: Sequence[str] | None = None, runs_dir: Path | None = None) -> SlurmSettings:
-    """The settings of a launch: the config file's, then the command line's (which win)."""
-    values: dict[str, Any] = {}
-    if config is not None:
-        data = read_launcher_config(config)
-        for key, value in data.items():
-            if key in ("time", "time_min"):
-                values["time_min"] = parse_time(value)
-            elif key == "setup":
-                values["setup"] = tuple(str(line) for line in value)
-            elif key == "log_dir":
-                values["log_dir"] = Path(value).expanduser()
-            elif key == "sbatch":
-                values["sbatch"] = {str(k).lstrip("-"): v for k, v in value.items()}
-            else:
-                values[key] = value
-    overrides = {"partition": partition, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
-                 "mem_gb": mem_gb}
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    if time_limit is not None:
-        values["time_min"] = parse_time(int(time_limit) if str(time_limit).isdigit() else time_limit)
-    if sbatch:
-        values["sbatch"] = {**values.get("sbatch", {}), **parse_sbatch_flags(sbatch)}
-    if values.get("log_dir") is None and runs_dir is not None:
-        values["log_dir"] = Path(runs_dir) / SLURM_DIR
-    for key in ("gpus_per_task", "cpus_per_task", "max_parallel", "mem_gb", "poll_s"):
-        if values.get(key) is not None and values[key] < (0 if key == "gpus_per_task" else 0.001):
-            raise UsageError(f"launcher setting {key} must be positive; got {values[key]!r}")
-    return SlurmSettings(**values)
 
 
 def make_launcher(launcher: str, runs_dir: Path, device: str = "auto", config: Path | None = None,
@@ -234,73 +80,6 @@ def make_launcher(launcher: str, runs_dir: Path, device: str = "auto", config: P
         raise UsageError("--launcher slurm: sbatch is not on the PATH (submit from a SLURM login node; "
                          "scripts/slurm-local-cluster start makes a one-node cluster on this machine)")
     return Launcher(settings, backend="slurm", device=device)
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-def train_fold(name: str, prepared: Any, options: Any, fold: int) -> None:
-    """What one array task does: :func:`run_experiment` on one fold of seed replicate ``options.seed_index``
-    (skips it when finished, resumes it when not)."""
-    from mstnet.experiments.registry import get_experiment
-    from mstnet.experiments.runner import run_experiment
-
-    run_experiment(get_experiment(name), prepared.cohort, prepared.splits, prepared.runs_dir, options, folds=[fold])
-
-
-def _start_task() -> None:
-    """In the task's process: the package's INFO log to the task's stderr log, and torch's threads
-    to the CPUs SLURM gave the task (``--cpus-per-task``, else the job's CPUs on the node): torch's
-    default, one thread per core of the node, would oversubscribe a node shared by several tasks."""
-    import torch
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for variable in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
-        value = os.environ.get(variable, "")
-        if value.isdigit() and int(value) > 0:
-            torch.set_num_threads(int(value))
-            break
-
-
-try:
-    from submitit.helpers import Checkpointable as _Checkpointable
-except ModuleNotFoundError:  # submitit missing: --launcher slurm fails in Launcher(); local runs are unaffected
-    _Checkpointable = object  # type: ignore[assignment,misc]
-
-
-class FoldTask(_Checkpointable):  # type: ignore[misc,valid-type]
-    """One (experiment, fold, training-seed replicate) as a submitit callable; requeued with the same arguments when its time
-    limit comes (submitit's ``Checkpointable``), so the fold resumes from ``last.pt``."""
-
-    def __init__(self, prepared: Any, options: Any, device: str = "auto", runner: Callable[..., Any] | None = None):
-        self.prepared, self.options, self.device, self.runner = prepared, options, device, runner
-
-    def __call__(self, name: str, fold: int, seed: int = 0) -> dict[str, Any]:
-        from mstnet.experiments.runner import fold_is_complete
-        from mstnet.experiments.training import resolve_device
-
-        _start_task()
-        options = replace(self.options, device=resolve_device(self.device), progress=False, seed_index=seed)
-        (self.runner or train_fold)(name, self.prepared, options, fold)
-        return {"experiment": name, "fold": fold, "seed": seed,
-                "complete": fold_is_complete(self.prepared.runs_dir, name, fold, self.prepared.splits, seed)}
-
-
-class TuneTask(_Checkpointable):  # type: ignore[misc,valid-type]
-    """One Optuna worker on one outer fold: :func:`mstnet.experiments.tuning.tune` with fixed arguments."""
-
-    def __init__(self, arguments: dict[str, Any]):
-        self.arguments = arguments
-
-    def __call__(self, fold: int, worker: int) -> dict[str, Any]:
-        from mstnet.experiments.tuning import tune
-
-        _start_task()
-        arguments = dict(self.arguments)
-        if arguments.get("seed") is not None:
-            arguments["seed"] = int(arguments["seed"]) + worker  # workers explore apart
-        study = tune(fold=fold, study_name=arguments.pop("study_names")[fold], **arguments)
-        return {"fold": fold, "worker": worker, "study": study.study_name, "trials": len(study.trials)}
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -347,69 +126,6 @@ def _tail(path: Path, lines: int = ERROR_LINES) -> tuple[str, ...]:
         return ()
     kept = [line.rstrip() for line in text.splitlines() if line.strip()]
     return tuple(kept[-lines:])
-
-
-# --------------------------------------------------------------------------- the scheduler
-
-
-def _base_state(text: str) -> str:
-    """``"CANCELLED by 0"`` -> ``"CANCELLED"``."""
-    return text.strip().split(" ")[0].upper() if text.strip() else "UNKNOWN"
-
-
-class SchedulerUnavailable(RuntimeError):
-    """``squeue`` did not answer (the controller is down or busy)."""
-
-
-def scheduler_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """SLURM's state of each array task id (``"57_3"``).
-
-    ``squeue`` says which tasks are still queued or running (it knows a job as soon as sbatch
-    returns); for the others, ``sacct`` says how they ended where accounting is on. A task that
-    neither knows is left out (``squeue`` forgets ended jobs after ``MinJobAge``).
-
-    Raises:
-        SchedulerUnavailable: ``squeue`` failed.
-    """
-    wanted = {str(job_id) for job_id in job_ids}
-    if not wanted:
-        return {}
-    squeue = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-u", getpass.getuser()],
-                            capture_output=True, text=True)
-    if squeue.returncode != 0:
-        raise SchedulerUnavailable((squeue.stderr or squeue.stdout).strip() or f"squeue exited with {squeue.returncode}")
-    states: dict[str, str] = {}
-    for line in squeue.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in wanted:
-            states[parts[0]] = _base_state(parts[1])
-    ended = {job_id for job_id in wanted if states.get(job_id) not in ACTIVE_STATES}
-    if not ended or shutil.which("sacct") is None:
-        return states
-    arrays = sorted({job_id.split("_")[0] for job_id in ended})
-    sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
-                           capture_output=True, text=True)
-    if sacct.returncode != 0:  # accounting off ("Slurm accounting storage is disabled")
-        return states
-    for line in sacct.stdout.splitlines():
-        job_id, _, state = line.partition("|")
-        job_id = job_id.strip()
-        match = re.fullmatch(r"(\d+)_\[(.+)\]", job_id)  # tasks that never started: "57_[3-9%2]"
-        ids = [f"{match.group(1)}_{task}" for task in _expand_ranges(match.group(2))] if match else [job_id]
-        for task_id in ids:
-            if task_id in ended:
-                states[task_id] = _base_state(state)
-    return states
-
-
-def _expand_ranges(text: str) -> list[int]:
-    """``"3-5,8%2"`` -> ``[3, 4, 5, 8]``."""
-    numbers: list[int] = []
-    for part in text.split("%")[0].split(","):
-        low, _, high = part.partition("-")
-        if low.isdigit():
-            numbers += list(range(int(low), int(high) + 1)) if high.isdigit() else [int(low)]
-    return numbers
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -607,7 +323,7 @@ class Launcher:
         task; returns the tasks submitted (:func:`pending_folds`).
 
         ``run_group`` calls this after its checks and ``commit_runs``. ``runner(name, prepared,
-        options, fold)`` (the replicate in ``options.seed_index``) replaces :func:`train_fold` (tests).
+        options, fold)`` (the replicate in ``options.seed_index``) replaces :func:`mstnet.experiments.array_tasks.train_fold` (tests).
 
         Raises:
             TasksFailed: a task failed, or a fold has no results after the array.
@@ -700,7 +416,5 @@ def check_tuning(name: str, preset: str, runs_dir: Path, folds: Sequence[int], s
 
 
 __all__ = [
-    "LAUNCHERS", "FoldTask", "Launcher", "SlurmSettings", "TaskFailure", "TasksFailed", "TuneTask", "check_tuning",
-    "make_launcher", "parse_sbatch_flags", "pending_folds", "parse_time", "read_launcher_config", "scheduler_states", "slurm_settings",
-    "train_fold",
+    "LAUNCHERS", "Launcher", "TaskFailure", "TasksFailed", "check_tuning", "make_launcher", "pending_folds",
 ]
