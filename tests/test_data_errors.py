@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from mstnet.data.cohort import CohortError
-from mstnet.data.io import read_volume, write_dicom_series, write_nifti
+from mstnet.data.dicom import write_dicom_series
+from mstnet.data.io import read_volume, write_nifti
 from mstnet.data.sources import load_cohort, load_manifest_cohort, load_nlst_cohort, write_nlst_layout
 from mstnet.data.validate import validate_cohort, validate_source
 

@@ -9,14 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from mstnet.data.io import (
-    read_mask,
-    read_volume,
-    read_volume_info,
-    write_dicom_series,
-    write_nifti,
-    write_npy,
-)
+from mstnet.data.dicom import write_dicom_series
+from mstnet.data.io import read_mask, read_volume, read_volume_info, write_nifti, write_npy
 
 REAL_SERIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "siemens-ct-abdomen-20"
 needs_real_series = pytest.mark.skipif(not REAL_SERIES.is_dir(), reason=f"real DICOM fixture {REAL_SERIES} is absent")

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from mstnet.data.cohort import ClinicalSchema
-from mstnet.data.io import read_mask, read_volume, write_dicom_series
+from mstnet.data.dicom import write_dicom_series
+from mstnet.data.io import read_mask, read_volume
 from mstnet.data.sources import detect_kind, load_cohort, load_manifest_cohort, load_nlst_cohort, write_nlst_layout
 from mstnet.data.sources.lidc import malignancy_label, median_malignancy
 

@@ -22,7 +22,8 @@ import torch
 
 from harness_cohort import SPACING, write_growth_cohort
 from mstnet.cli import main
-from mstnet.data.io import read_mask, read_volume, read_volume_info, write_dicom_series, write_nifti, write_npy
+from mstnet.data.dicom import write_dicom_series
+from mstnet.data.io import read_mask, read_volume, read_volume_info, write_nifti, write_npy
 from mstnet.data.sources import load_cohort
 from mstnet.data.sources.manifest import UNLABELLED, load_manifest_cohort
 from mstnet.experiments.mask_geometry import volume_geometry

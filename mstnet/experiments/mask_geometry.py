@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from mstnet.data.cohort import CohortError, Problem
-from mstnet.data.io import affine_geometry, dicom_stored_geometry, image_format, npy_sidecar, read_volume_info
+from mstnet.data.dicom import dicom_stored_geometry
+from mstnet.data.io import affine_geometry, image_format, npy_sidecar, read_volume_info
 
 SPACING_RTOL = 1e-4
 """Relative tolerance on spacings (headers store float32)."""

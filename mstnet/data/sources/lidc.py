@@ -23,7 +23,8 @@ import numpy as np
 import pydicom
 
 from mstnet.data.cohort import ClinicalSchema, Cohort, CohortError, NoduleLocation, Patient, Problem, Scan
-from mstnet.data.io import affine_geometry, dicom_stored_geometry, reorient_to_ras, write_nifti
+from mstnet.data.dicom import dicom_stored_geometry
+from mstnet.data.io import affine_geometry, reorient_to_ras, write_nifti
 from mstnet.data.lidc_db import LidcAnnotation, LidcDatabase, LidcScan, consensus_mask
 
 log = logging.getLogger(__name__)
