@@ -223,6 +223,39 @@ def _order(cohort: Cohort, problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=key)
 
 
+def _cohort_wide_problems(cohort: Cohort, needs: CohortNeeds) -> list[Problem]:
+    """No patient, a bad clinical schema, too few patients of a label for the folds, no mask for a segmentation
+    experiment, a patient id twice."""
+    problems: list[Problem] = []
+    if len(cohort) == 0:
+        problems.append(Problem(NO_PATIENTS, file=_cohort_file(cohort)))
+    problems += cohort.clinical_schema.problems(_schema_file(cohort))
+    if needs.n_folds is not None and len(cohort):
+        problems += _check_folds(cohort, needs.n_folds)
+    if needs.segmentation and len(cohort) and not any(scan.mask is not None for patient in cohort for scan in patient.scans):
+        problems.append(Problem("no scan has a mask, and the experiment trains segmentation", column="mask",
+                                file=_cohort_file(cohort)))
+    for patient_id, count in Counter(cohort.patient_ids).items():
+        if count > 1:
+            problems.append(Problem(f"appears {count} times in the cohort", patient_id=patient_id))
+    return problems
+
+
+def _check_patient_record(patient: Patient, min_timepoints: int) -> list[Problem]:
+    """Too few time points, a label other than 0/1, a time point twice."""
+    problems: list[Problem] = []
+    pid = patient.patient_id
+    if len(patient.scans) < min_timepoints:
+        problems.append(Problem(f"has {len(patient.scans)} time point(s) ({', '.join(patient.timepoints) or 'none'}), "
+                                f"at least {min_timepoints} required", patient_id=pid))
+    if patient.label not in (0, 1) or isinstance(patient.label, bool):
+        problems.append(Problem(f"label must be 0 (benign) or 1 (malignant), got {patient.label!r}", patient_id=pid, column="label"))
+    for timepoint, count in Counter(patient.timepoints).items():
+        if count > 1:
+            problems.append(Problem(f"time point appears {count} times", patient_id=pid, timepoint=timepoint))
+    return problems
+
+
 def validate_cohort(cohort: Cohort, needs: CohortNeeds = CohortNeeds(), check_images: bool = True, read_data: bool = False,
                     allowed_categories: Mapping[str, Collection] | None = None, *,
                     min_timepoints: int | None = None) -> list[Problem]:
@@ -250,29 +283,10 @@ def validate_cohort(cohort: Cohort, needs: CohortNeeds = CohortNeeds(), check_im
         needs = CohortNeeds(min_timepoints, needs.n_folds, needs.segmentation, needs.clinical)
     if allowed_categories is None:
         allowed_categories = cohort.clinical_schema.categories
-    problems: list[Problem] = []
-    if len(cohort) == 0:
-        problems.append(Problem(NO_PATIENTS, file=_cohort_file(cohort)))
-    problems += cohort.clinical_schema.problems(_schema_file(cohort))
-    if needs.n_folds is not None and len(cohort):
-        problems += _check_folds(cohort, needs.n_folds)
-    if needs.segmentation and len(cohort) and not any(scan.mask is not None for patient in cohort for scan in patient.scans):
-        problems.append(Problem("no scan has a mask, and the experiment trains segmentation", column="mask",
-                                file=_cohort_file(cohort)))
-    for patient_id, count in Counter(cohort.patient_ids).items():
-        if count > 1:
-            problems.append(Problem(f"appears {count} times in the cohort", patient_id=patient_id))
+    problems = _cohort_wide_problems(cohort, needs)
     masks_read, masks_with_foreground = 0, 0
     for patient in cohort:
-        pid = patient.patient_id
-        if len(patient.scans) < needs.min_timepoints:
-            problems.append(Problem(f"has {len(patient.scans)} time point(s) ({', '.join(patient.timepoints) or 'none'}), "
-                                    f"at least {needs.min_timepoints} required", patient_id=pid))
-        if patient.label not in (0, 1) or isinstance(patient.label, bool):
-            problems.append(Problem(f"label must be 0 (benign) or 1 (malignant), got {patient.label!r}", patient_id=pid, column="label"))
-        for timepoint, count in Counter(patient.timepoints).items():
-            if count > 1:
-                problems.append(Problem(f"time point appears {count} times", patient_id=pid, timepoint=timepoint))
+        problems += _check_patient_record(patient, needs.min_timepoints)
         problems += _check_days(patient)
         if needs.clinical:
             problems += _check_clinical(cohort, patient, allowed_categories)

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,6 +134,94 @@ def manifest_path(source: str | Path) -> Path:
     return source if source.suffix.lower() == ".csv" else source / "manifest.csv"
 
 
+def _scan_of_row(row: pd.Series, columns: pd.Index, folder: Path, require_labels: bool,
+                 problem: Callable[..., None]) -> tuple[Scan, int | None] | None:
+    """The scan and label of one manifest row (time point and patient already checked); None when it has no
+    image. Each problem is reported through ``problem(message, column)``."""
+    try:
+        days = float(row["days"])
+        if math.isnan(days):
+            raise ValueError
+    except ValueError:
+        problem(f"days is not a number: {row['days']!r}", "days")
+        days = math.nan
+    label: int | None = None
+    try:
+        if require_labels or row.get("label", "") != "":
+            label = parse_label(row["label"])
+    except ValueError:
+        problem(f"label must be 0 (benign) or 1 (malignant), got {row['label']!r}", "label")
+    if row["image"] == "":
+        problem("no image path", "image")
+        return None
+    image = (folder / row["image"]).resolve()
+    mask_text = row.get("mask", "")
+    mask = (folder / mask_text).resolve() if mask_text else None
+    nodule = None
+    present = [c for c in NODULE_COLUMNS if c in columns and row[c] != ""]
+    if present and len(present) < len(NODULE_COLUMNS):
+        problem(f"nodule location partly given ({', '.join(present)}); give all of {', '.join(NODULE_COLUMNS)} or none",
+                present[0])
+    elif present:
+        try:
+            x, y, z1, z2 = (parse_float(row[c]) for c in NODULE_COLUMNS)
+            nodule = NoduleLocation(x, y, int(z1), int(z2))
+        except ValueError:
+            problem("nodule location is not numeric", "nodule_x")
+    return Scan(timepoint=row["timepoint"], days=days, image=image, mask=mask, nodule=nodule), label
+
+
+def _scans_by_patient(frame: pd.DataFrame, path: Path, folder: Path, require_labels: bool,
+                      problems: list[Problem]) -> dict[str, list[tuple[Scan, int | None]]]:
+    """Each patient's (scan, label) rows of the manifest, in file order; the problems found appended to ``problems``."""
+    rows_by_patient: dict[str, list[tuple[Scan, int | None]]] = defaultdict(list)
+    seen: dict[tuple[str, str], int] = {}
+    for index, row in frame.iterrows():
+        line = index + 2  # header is line 1
+        patient_id, timepoint = row["patient_id"], row["timepoint"]
+
+        def problem(message: str, column: str | None = None) -> None:
+            problems.append(Problem(f"line {line}: {message}", patient_id=patient_id or None, timepoint=timepoint or None,
+                                    column=column, file=str(path)))
+
+        if patient_id == "":
+            problem("empty patient id", "patient_id")
+            continue
+        if timepoint == "":
+            problem("empty time point", "timepoint")
+            continue
+        if (patient_id, timepoint) in seen:
+            problem(f"duplicate (patient, time point): also on line {seen[patient_id, timepoint]}")
+            continue
+        seen[patient_id, timepoint] = line
+        scan = _scan_of_row(row, frame.columns, folder, require_labels, problem)
+        if scan is not None:
+            rows_by_patient[patient_id].append(scan)
+    return rows_by_patient
+
+
+def _clinical_of(folder: Path, clinical_schema: ClinicalSchema | Mapping | str | Path | None,
+                 problems: list[Problem]) -> tuple[ClinicalSchema, dict[str, dict[str, object]]]:
+    """The clinical schema and records beside a manifest (``clinical.csv``, ``clinical_schema.json``); the
+    problems found appended to ``problems``."""
+    clinical_file = folder / "clinical.csv"
+    clinical_frame = read_csv_text(clinical_file) if clinical_file.exists() else None
+    schema = resolve_schema(clinical_schema, folder, clinical_frame, "patient_id")
+    schema_file = (Path(clinical_schema) if isinstance(clinical_schema, (str, Path))
+                   else folder / "clinical_schema.json" if clinical_schema is None else None)
+    problems.extend(schema.problems(schema_file if schema_file is not None and schema_file.exists() else None))
+    records: dict[str, dict[str, object]] = {}
+    if clinical_frame is not None:
+        try:
+            records = read_clinical_records(clinical_frame, "patient_id", schema, clinical_file)
+        except CohortError as error:
+            problems.extend(error.problems)
+    elif schema.columns:
+        problems.append(Problem(f"clinical schema names columns {list(schema.columns)} but there is no clinical.csv",
+                                file=str(clinical_file)))
+    return schema, records
+
+
 def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | Mapping | str | Path | None = None,
                          name: str | None = None, require_labels: bool = True) -> Cohort:
     """Read a cohort from a folder holding ``manifest.csv`` (or from the manifest file itself).
@@ -162,81 +250,14 @@ def load_manifest_cohort(source: str | Path, clinical_schema: ClinicalSchema | M
         raise CohortError([Problem(f"column is missing (expected columns {', '.join(MANIFEST_COLUMNS)})", column=c, file=str(path))
                            for c in missing])
     problems: list[Problem] = []
-    rows_by_patient: dict[str, list[tuple[Scan, int | None]]] = defaultdict(list)
-    seen: dict[tuple[str, str], int] = {}
-    for index, row in frame.iterrows():
-        line = index + 2  # header is line 1
-        patient_id, timepoint = row["patient_id"], row["timepoint"]
-
-        def problem(message: str, column: str | None = None) -> None:
-            problems.append(Problem(f"line {line}: {message}", patient_id=patient_id or None, timepoint=timepoint or None,
-                                    column=column, file=str(path)))
-
-        if patient_id == "":
-            problem("empty patient id", "patient_id")
-            continue
-        if timepoint == "":
-            problem("empty time point", "timepoint")
-            continue
-        if (patient_id, timepoint) in seen:
-            problem(f"duplicate (patient, time point): also on line {seen[patient_id, timepoint]}")
-            continue
-        seen[patient_id, timepoint] = line
-        try:
-            days = float(row["days"])
-            if math.isnan(days):
-                raise ValueError
-        except ValueError:
-            problem(f"days is not a number: {row['days']!r}", "days")
-            days = math.nan
-        label: int | None = None
-        try:
-            if require_labels or row.get("label", "") != "":
-                label = parse_label(row["label"])
-        except ValueError:
-            problem(f"label must be 0 (benign) or 1 (malignant), got {row['label']!r}", "label")
-        if row["image"] == "":
-            problem("no image path", "image")
-            continue
-        image = (folder / row["image"]).resolve()
-        mask_text = row.get("mask", "")
-        mask = (folder / mask_text).resolve() if mask_text else None
-        nodule = None
-        present = [c for c in NODULE_COLUMNS if c in frame.columns and row[c] != ""]
-        if present and len(present) < len(NODULE_COLUMNS):
-            problem(f"nodule location partly given ({', '.join(present)}); give all of {', '.join(NODULE_COLUMNS)} or none",
-                    present[0])
-        elif present:
-            try:
-                x, y, z1, z2 = (parse_float(row[c]) for c in NODULE_COLUMNS)
-                nodule = NoduleLocation(x, y, int(z1), int(z2))
-            except ValueError:
-                problem("nodule location is not numeric", "nodule_x")
-        rows_by_patient[patient_id].append((Scan(timepoint, days, image, mask, nodule), label))
-
     patients_rows = {}
-    for patient_id, rows in rows_by_patient.items():
+    for patient_id, rows in _scans_by_patient(frame, path, folder, require_labels, problems).items():
         labels = {label for _, label in rows if label is not None}
         if len(labels) > 1:
             problems.append(Problem(f"label differs between time points ({', '.join(f'{s.timepoint}={lab}' for s, lab in rows)})",
                                     patient_id=patient_id, column="label", file=str(path)))
         patients_rows[patient_id] = (sorted((s for s, _ in rows), key=lambda s: s.days), labels)
-
-    clinical_file = folder / "clinical.csv"
-    clinical_frame = read_csv_text(clinical_file) if clinical_file.exists() else None
-    schema = resolve_schema(clinical_schema, folder, clinical_frame, "patient_id")
-    schema_file = (Path(clinical_schema) if isinstance(clinical_schema, (str, Path))
-                   else folder / "clinical_schema.json" if clinical_schema is None else None)
-    problems.extend(schema.problems(schema_file if schema_file is not None and schema_file.exists() else None))
-    records: dict[str, dict[str, object]] = {}
-    if clinical_frame is not None:
-        try:
-            records = read_clinical_records(clinical_frame, "patient_id", schema, clinical_file)
-        except CohortError as error:
-            problems.extend(error.problems)
-    elif schema.columns:
-        problems.append(Problem(f"clinical schema names columns {list(schema.columns)} but there is no clinical.csv",
-                                file=str(clinical_file)))
+    schema, records = _clinical_of(folder, clinical_schema, problems)
     if problems:
         raise CohortError(problems)
 

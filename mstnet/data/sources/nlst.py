@@ -68,6 +68,79 @@ def find_annotation_csv(folder: Path) -> Path | None:
     return None
 
 
+def _annotated_scans(frame: pd.DataFrame, annotations_path: Path, days: Mapping[str, float], image_dir: Path,
+                     mask_dir: Path | None, problems: list[Problem]) -> dict[str, list[tuple[Scan, int]]]:
+    """Each patient's (scan, label) rows of the annotation CSV; the problems found appended to ``problems``."""
+    scans: dict[str, list[tuple[Scan, int]]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    for index, row in frame.iterrows():
+        patient_id, study_yr = row["Subject ID"], row["study_yr"]
+        where = {"patient_id": patient_id or None, "timepoint": study_yr or None, "file": f"{annotations_path} line {index + 2}"}
+        if patient_id == "":
+            problems.append(Problem("empty Subject ID", column="Subject ID", **where))
+            continue
+        if study_yr not in days:
+            problems.append(Problem(f"study_yr {study_yr!r} is not one of {sorted(days)}", column="study_yr", **where))
+            continue
+        if (patient_id, study_yr) in seen:
+            problems.append(Problem("duplicate (Subject ID, study_yr) row", **where))
+            continue
+        seen.add((patient_id, study_yr))
+        try:
+            label = parse_label(row["label"])
+        except ValueError:
+            problems.append(Problem(f"label must be 0 or 1, got {row['label']!r}", column="label", **where))
+            continue
+        nodule = None
+        try:
+            x, y, z1, z2 = (parse_float(row[c]) for c in ("x", "y", "z1", "z2"))
+            if not any(math.isnan(v) for v in (x, y, z1, z2)):
+                nodule = NoduleLocation(x, y, int(z1), int(z2))
+        except ValueError:
+            problems.append(Problem("nodule location (x, y, z1, z2) is not numeric", column="x", **where))
+            continue
+        stem = f"{patient_id}_{study_yr}.npy"
+        mask = mask_dir / stem if mask_dir is not None and (mask_dir / stem).exists() else None
+        scans[patient_id].append((Scan(study_yr, days[study_yr], (image_dir / stem).resolve(),
+                                       mask.resolve() if mask else None, nodule), label))
+    return scans
+
+
+def _nlst_clinical(folder: Path, clinical_csv: str | Path | None, clinical_schema: ClinicalSchema | None,
+                   problems: list[Problem]) -> tuple[ClinicalSchema, dict[str, dict[str, object]]]:
+    """The clinical schema and records of the NLST clinical CSV (keyed by ``pid``); problems appended to ``problems``."""
+    clinical_path = Path(clinical_csv) if clinical_csv is not None else folder / "clinical.csv"
+    records: dict[str, dict[str, object]] = {}
+    schema = clinical_schema or ClinicalSchema()
+    if clinical_path.exists():
+        clinical_frame = read_csv_text(clinical_path)
+        if clinical_schema is None:
+            schema = ClinicalSchema(tuple(c for c in NLST_CLINICAL_CATEGORICAL if c in clinical_frame.columns),
+                                    tuple(c for c in NLST_CLINICAL_NUMERIC if c in clinical_frame.columns),
+                                    sources={c: source for c, source in NLST_CLINICAL_SOURCES.items() if c in clinical_frame.columns})
+        try:
+            records = read_clinical_records(clinical_frame, NLST_CLINICAL_ID, schema, clinical_path)
+        except CohortError as error:
+            problems.extend(error.problems)
+    elif clinical_csv is not None:
+        problems.append(Problem("clinical CSV does not exist", file=str(clinical_path)))
+    return schema, records
+
+
+def _latest_label_patients(scans: dict[str, list[tuple[Scan, int]]],
+                           records: dict[str, dict[str, object]]) -> tuple[Patient, ...]:
+    """Patients with their scans by ``days`` and the label of their latest round (changes logged)."""
+    patients = []
+    for patient_id, items in scans.items():
+        items.sort(key=lambda item: item[0].days)
+        labels = [label for _, label in items]
+        if len(set(labels)) > 1:
+            log.info("NLST patient %s: label changes between rounds %s; using the latest (%d)",
+                     patient_id, dict(zip((s.timepoint for s, _ in items), labels)), labels[-1])
+        patients.append(Patient(patient_id, labels[-1], tuple(s for s, _ in items), records.get(patient_id, {})))
+    return tuple(patients)
+
+
 def load_nlst_cohort(folder: str | Path, annotations_csv: str | Path | None = None, image_dir: str | Path | None = None,
                      mask_dir: str | Path | None = None, clinical_csv: str | Path | None = None,
                      days: Mapping[str, float] | None = None, clinical_schema: ClinicalSchema | None = None,
@@ -106,67 +179,12 @@ def load_nlst_cohort(folder: str | Path, annotations_csv: str | Path | None = No
         raise CohortError([Problem("column is missing from the NLST annotation CSV", column=c, file=str(annotations_path))
                            for c in missing])
     problems: list[Problem] = []
-    scans: dict[str, list[tuple[Scan, int]]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
-    for index, row in frame.iterrows():
-        patient_id, study_yr = row["Subject ID"], row["study_yr"]
-        where = {"patient_id": patient_id or None, "timepoint": study_yr or None, "file": f"{annotations_path} line {index + 2}"}
-        if patient_id == "":
-            problems.append(Problem("empty Subject ID", column="Subject ID", **where))
-            continue
-        if study_yr not in days:
-            problems.append(Problem(f"study_yr {study_yr!r} is not one of {sorted(days)}", column="study_yr", **where))
-            continue
-        if (patient_id, study_yr) in seen:
-            problems.append(Problem("duplicate (Subject ID, study_yr) row", **where))
-            continue
-        seen.add((patient_id, study_yr))
-        try:
-            label = parse_label(row["label"])
-        except ValueError:
-            problems.append(Problem(f"label must be 0 or 1, got {row['label']!r}", column="label", **where))
-            continue
-        nodule = None
-        try:
-            x, y, z1, z2 = (parse_float(row[c]) for c in ("x", "y", "z1", "z2"))
-            if not any(math.isnan(v) for v in (x, y, z1, z2)):
-                nodule = NoduleLocation(x, y, int(z1), int(z2))
-        except ValueError:
-            problems.append(Problem("nodule location (x, y, z1, z2) is not numeric", column="x", **where))
-            continue
-        stem = f"{patient_id}_{study_yr}.npy"
-        mask = mask_dir / stem if mask_dir is not None and (mask_dir / stem).exists() else None
-        scans[patient_id].append((Scan(study_yr, days[study_yr], (image_dir / stem).resolve(),
-                                       mask.resolve() if mask else None, nodule), label))
-
-    clinical_path = Path(clinical_csv) if clinical_csv is not None else folder / "clinical.csv"
-    records: dict[str, dict[str, object]] = {}
-    schema = clinical_schema or ClinicalSchema()
-    if clinical_path.exists():
-        clinical_frame = read_csv_text(clinical_path)
-        if clinical_schema is None:
-            schema = ClinicalSchema(tuple(c for c in NLST_CLINICAL_CATEGORICAL if c in clinical_frame.columns),
-                                    tuple(c for c in NLST_CLINICAL_NUMERIC if c in clinical_frame.columns),
-                                    sources={c: source for c, source in NLST_CLINICAL_SOURCES.items() if c in clinical_frame.columns})
-        try:
-            records = read_clinical_records(clinical_frame, NLST_CLINICAL_ID, schema, clinical_path)
-        except CohortError as error:
-            problems.extend(error.problems)
-    elif clinical_csv is not None:
-        problems.append(Problem("clinical CSV does not exist", file=str(clinical_path)))
+    scans = _annotated_scans(frame, annotations_path, days, image_dir, mask_dir, problems)
+    schema, records = _nlst_clinical(folder, clinical_csv, clinical_schema, problems)
     problems.extend(schema.problems())
     if problems:
         raise CohortError(problems)
-
-    patients = []
-    for patient_id, items in scans.items():
-        items.sort(key=lambda item: item[0].days)
-        labels = [label for _, label in items]
-        if len(set(labels)) > 1:
-            log.info("NLST patient %s: label changes between rounds %s; using the latest (%d)",
-                     patient_id, dict(zip((s.timepoint for s, _ in items), labels)), labels[-1])
-        patients.append(Patient(patient_id, labels[-1], tuple(s for s, _ in items), records.get(patient_id, {})))
-    return Cohort(tuple(patients), schema, root=folder, name=name or folder.name)
+    return Cohort(_latest_label_patients(scans, records), schema, root=folder, name=name or folder.name)
 
 
 def write_nlst_layout(cohort: Cohort, folder: str | Path, write_spacing: bool = True) -> Path:
