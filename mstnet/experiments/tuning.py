@@ -191,26 +191,73 @@ def final_stage_score(history: Any) -> float:
     return float(history.loc[history["stage"] == last_stage, "val_score"].max())
 
 
-def tune(
-    name: str,
-    n_trials: int,
-    storage: str | optuna.storages.BaseStorage | None = None,
-    study_name: str | None = None,
-    timeout: float | None = None,
-    pruner: str = "median",
-    fold: int = 0,
-    preset: str = "cpu",
-    runs_dir: Path = Path("runs"),
-    data: Path | None = None,
-    device: str = "auto",
-    epochs: int | None = None,
-    params: dict[str, Any] | None = None,
-    seed: int | None = None,
-    split_seed: int = 0,
-    keep_checkpoints: bool = False,
-    progress: bool = False,
-    binarize_masks: str | None = None,
-) -> optuna.Study:
+@dataclass(frozen=True)
+class _Trials:
+    """What every trial of one study shares; called with a trial, it trains and scores it (Optuna's objective)."""
+
+    spec: Any
+    prepared: Any
+    run_options: Any
+    base: Path
+    folds: Sequence[int]
+    stage_offsets: dict[str, int]
+    steps_per_fold: int
+    keep_checkpoints: bool
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from mstnet.experiments.runner import run_fold
+
+        space: Callable[[Any], dict[str, Any]] = self.spec.search_space or default_search_space
+        overrides = {**self.run_options.params, **space(trial)}
+        trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        trial_dir = self.base / f"trial{trial.number}"
+        trial.set_user_attr("run_dir", str(trial_dir))
+        scores = []
+        try:
+            for position, fold_index in enumerate(self.folds):
+                reporter = PruningReporter(trial, position * self.steps_per_fold, self.stage_offsets)
+                options = replace(self.run_options, params=overrides, callbacks=(reporter,))
+                result = run_fold(self.spec, self.prepared.cohort, self.prepared.splits, fold_index, trial_dir, options)
+                scores.append(final_stage_score(result["history"]))
+                trial.set_user_attr(f"fold{fold_index}_score", scores[-1])
+        finally:
+            if not self.keep_checkpoints:
+                for checkpoint in trial_dir.rglob("*.pt"):
+                    checkpoint.unlink()
+        return sum(scores) / len(scores)
+
+
+def _prepare_trials(spec: Any, fold: int, preset: str, runs_dir: Path, base: Path, data: Path | None, device: str,
+                    epochs: int | None, params: dict[str, Any] | None, split_seed: int, progress: bool,
+                    binarize_masks: str | None, keep_checkpoints: bool) -> _Trials:
+    """The checked folds and cohort (``preflight`` in ``base/preflight``, the folder's files committed), the base
+    options and the step layout of the trials of one outer fold."""
+    from mstnet.experiments.presets import run_preset
+    from mstnet.experiments.reproduce import commit_runs, preflight, prepare_runs
+    from mstnet.experiments.runner import RunOptions, resolve_recipe
+    from mstnet.experiments.training import resolve_device, stages_for
+
+    run_options = RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device),
+                             params=dict(params or {}), cache_dir=runs_dir / ".cache", progress=progress,
+                             evaluate_test=False)
+    prepared = prepare_runs(runs_dir, run_options.preset, data=data, seed=split_seed, write=False,
+                            binarize_masks=binarize_masks)
+    folds: Sequence[int] = (fold,)
+    preflight(replace(prepared, runs_dir=base / "preflight"), [spec], run_options, folds)
+    commit_runs(prepared)
+    base.mkdir(parents=True, exist_ok=True)
+    stages = stages_for(resolve_recipe(spec, run_options), spec.tasks)
+    stage_offsets = {stage.name: sum(s.epochs for s in stages[:i]) for i, stage in enumerate(stages)}
+    return _Trials(spec, prepared, run_options, base, folds, stage_offsets, sum(stage.epochs for stage in stages),
+                   keep_checkpoints)
+
+
+def tune(name: str, n_trials: int, storage: str | optuna.storages.BaseStorage | None = None,
+         study_name: str | None = None, timeout: float | None = None, pruner: str = "median", fold: int = 0,
+         preset: str = "cpu", runs_dir: Path = Path("runs"), data: Path | None = None, device: str = "auto",
+         epochs: int | None = None, params: dict[str, Any] | None = None, seed: int | None = None,
+         split_seed: int = 0, keep_checkpoints: bool = False, progress: bool = False,
+         binarize_masks: str | None = None) -> optuna.Study:
     """Run ``n_trials`` trials of experiment ``name`` in this process (more processes may join the study).
 
     Args:
@@ -238,62 +285,25 @@ def tune(
     Returns:
         The study, with every trial of every worker so far.
     """
-    from mstnet.experiments.presets import run_preset
     from mstnet.experiments.registry import get_experiment
-    from mstnet.experiments.reproduce import commit_runs, preflight, prepare_runs
-    from mstnet.experiments.runner import RunOptions, resolve_recipe, run_fold
-    from mstnet.experiments.training import resolve_device, stages_for
 
     if n_trials < 1:
         raise ValueError(f"n_trials must be at least 1; got {n_trials}")
     spec = get_experiment(name)
     if spec.kind != "torch":
         raise ValueError(f"experiment {name!r} is {spec.kind}; tuning trains torch experiments only")
-    space: Callable[[Any], dict[str, Any]] = spec.search_space or default_search_space
     runs_dir = Path(runs_dir)
     study_name = study_name or default_study_name(name, preset, fold)
-    base = study_dir(runs_dir, name, study_name)
-    run_options = RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device),
-                             params=dict(params or {}), cache_dir=runs_dir / ".cache", progress=progress,
-                             evaluate_test=False)
-    prepared = prepare_runs(runs_dir, run_options.preset, data=data, seed=split_seed, write=False,
-                            binarize_masks=binarize_masks)
-    folds: Sequence[int] = (fold,)
-    preflight(replace(prepared, runs_dir=base / "preflight"), [spec], run_options, folds)
-    commit_runs(prepared)
-    base.mkdir(parents=True, exist_ok=True)
-    stages = stages_for(resolve_recipe(spec, run_options), spec.tasks)
-    stage_offsets = {stage.name: sum(s.epochs for s in stages[:i]) for i, stage in enumerate(stages)}
-    steps_per_fold = sum(stage.epochs for stage in stages)
-
+    trials = _prepare_trials(spec, fold, preset, runs_dir, study_dir(runs_dir, name, study_name), data, device, epochs,
+                             params, split_seed, progress, binarize_masks, keep_checkpoints)
     storage = storage if storage is not None else default_storage(runs_dir, name)
-    study = open_study(study_name, storage, pruner, seed=seed, max_resource=steps_per_fold * len(folds))
+    study = open_study(study_name, storage, pruner, seed=seed, max_resource=trials.steps_per_fold * len(trials.folds))
     _check_study_attributes(study, {"experiment": name, "preset": preset, "fold": fold,
-                                    "splits_hash": prepared.splits.hash})
-
-    def run_trial(trial: optuna.Trial) -> float:
-        overrides = {**run_options.params, **space(trial)}
-        trial.set_user_attr(OVERRIDES_ATTR, overrides)
-        trial_dir = base / f"trial{trial.number}"
-        trial.set_user_attr("run_dir", str(trial_dir))
-        scores = []
-        try:
-            for position, fold_index in enumerate(folds):
-                reporter = PruningReporter(trial, position * steps_per_fold, stage_offsets)
-                options = replace(run_options, params=overrides, callbacks=(reporter,))
-                result = run_fold(spec, prepared.cohort, prepared.splits, fold_index, trial_dir, options)
-                scores.append(final_stage_score(result["history"]))
-                trial.set_user_attr(f"fold{fold_index}_score", scores[-1])
-        finally:
-            if not keep_checkpoints:
-                for checkpoint in trial_dir.rglob("*.pt"):
-                    checkpoint.unlink()
-        return sum(scores) / len(scores)
-
+                                    "splits_hash": trials.prepared.splits.hash})
     log.info("tuning %s on fold %d's training portion: study %r in %s, %d trial(s) in this process, pruner %s",
              name, fold, study_name, describe_storage(storage), n_trials, pruner)
-    study.optimize(run_trial, n_trials=n_trials, timeout=timeout, gc_after_trial=True)
-    write_best_params(study, base / BEST_PARAMS_FILE, describe_storage(storage))
+    study.optimize(trials, n_trials=n_trials, timeout=timeout, gc_after_trial=True)
+    write_best_params(study, trials.base / BEST_PARAMS_FILE, describe_storage(storage))
     return study
 
 
