@@ -145,6 +145,11 @@ ABLATIONS: tuple[Ablation, ...] = (
         data_view=DataView(timepoints=1, use_clinical=True),
     ),
     Ablation(
+        "three-scan", "MST-Net on the latest three scans (T0, T1, T2) instead of two; CMSTF fuses the three.",
+        "Does a third, earlier scan add to two (the spatiotemporal claim, one step further)?",
+        data_view=DataView(timepoints=3, use_clinical=True),
+    ),
+    Ablation(
         "with-reads", "MST-Net whose clinical branch also sees the radiologist's reads (nodule type, spiculation, "
                       "emphysema, upper lobe, nodule count).",
         "How much do the radiologist's reads of the CT add to the images and the clinical record?",

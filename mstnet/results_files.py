@@ -20,3 +20,7 @@ TIMING_FILE = "timing.csv"
 """Per epoch: stage, epoch, optimizer step and cumulative wall seconds (the learning curve's time axis)."""
 RUN_FILE = "run.json"
 """Written last: its presence marks the fold complete."""
+
+ORACLE_POSTERIORS_FILE = "oracle_posteriors.csv"
+"""In RUNS_DIR itself (a synthetic cohort only): each patient's label and oracle posterior per information set
+(``oracle_<key>`` columns), read by the claims table for the ceilings of the very patients it compares."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAVES = {"mstnet.atomic", "mstnet.errors", "mstnet.information", "mstnet.brock", "mstnet.results_files"}
+LEAVES = {"mstnet.atomic", "mstnet.errors", "mstnet.information", "mstnet.brock", "mstnet.results_files",
+          "mstnet.claims"}
 """Modules every layer may use; they import nothing of the project."""
 EVERY_LAYER = {"mstnet.metrics", "mstnet.models", "mstnet.data", "mstnet.synth", "mstnet.experiments",
                "mstnet.reporting", "mstnet.commands", "mstnet.cli"}
@@ -20,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "mstnet.metrics": {"mstnet.metrics"} | LEAVES,
     "mstnet.models": {"mstnet.models"} | LEAVES,
     "mstnet.data": {"mstnet.data"} | LEAVES,
-    "mstnet.synth": {"mstnet.synth", "mstnet.data"} | LEAVES,
+    "mstnet.synth": {"mstnet.synth", "mstnet.data", "mstnet.metrics"} | LEAVES,
     "mstnet.experiments": {"mstnet.experiments", "mstnet.data", "mstnet.models", "mstnet.metrics", "mstnet.synth"}
     | LEAVES,
     "mstnet.reporting": {"mstnet.reporting", "mstnet.metrics"} | LEAVES,

@@ -277,7 +277,7 @@ def test_unknown_names_exit_2_with_the_valid_choices(capsys, tmp_path):
     code, stderr = _run_cli(capsys, "list", "--group", "bogus")
     assert code == 2 and "paper-table, reference, ablation, extra" in _one_error_line(stderr)
     code, stderr = _run_cli(capsys, "reproduce", "everything", "--out", str(tmp_path / "runs"))
-    assert code == 2 and "ablations, paper-table, references" in _one_error_line(stderr)
+    assert code == 2 and "ablations, claims, paper-table, references" in _one_error_line(stderr)
     code, stderr = _run_cli(capsys, "ablate", "no-such-ablation", "--out", str(tmp_path / "runs"))
     assert code == 2 and "no-such-ablation" in _one_error_line(stderr)
     assert not (tmp_path / "runs").exists()

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 console = Console()
 
 REPRODUCIBLE_GROUPS = {"paper-table": "paper-table", "references": "reference", "ablations": "ablation"}
+CLAIMS_TARGET = "claims"
+"""``mstnet reproduce claims``: MST-Net and the variants of :data:`mstnet.claims.CLAIMS` on the signal-controlled cohort."""
+CLAIMS_COHORT = "claims"
+"""The synthetic cohort ``reproduce claims`` uses by default."""
 
 
 def parse_folds(text: str | None) -> list[int] | None:
@@ -151,9 +155,9 @@ def write_report(runs_dir: Path, out: Path | None, with_published: bool) -> Path
     out = out or Path("reports") / runs_dir.name
     index = build_report([runs_dir], out, with_published=with_published)
     console.print(f"report: {index}")
-    table = out / "paper_table.md"
-    if table.exists():
-        console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
+    for table in (out / "paper_table.md", out / "claims_table.md"):
+        if table.exists():
+            console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
     return index
 
 
@@ -255,9 +259,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("reproduce")
     def reproduce_command(
-        target: str = typer.Argument("paper-table", help="paper-table, references or ablations"),
+        target: str = typer.Argument("paper-table", help="paper-table, references, ablations or claims"),
         preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
         data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
+        synthetic: str | None = typer.Option(None, help="embedded synthetic cohort to use without --data: a synthetic "
+                                             "preset (default: the size preset's; for claims, the signal-controlled "
+                                             "'claims' cohort; --synthetic cpu runs the claims on the default cohort)"),
         out: Path | None = typer.Option(None, help="results folder (default runs/<target>-<preset>)"),
         report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
         folds: str | None = typer.Option(None, help="comma-separated folds (default: all five)"),
@@ -286,17 +293,28 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from mstnet.experiments.registry import list_experiments
         from mstnet.experiments.reproduce import prepare_runs, run_group
 
-        if target not in REPRODUCIBLE_GROUPS:
-            raise typer.BadParameter(f"target must be one of {', '.join(sorted(REPRODUCIBLE_GROUPS))}; got {target!r}")
-        out = out or Path("runs") / f"{target}-{preset}"
+        targets = sorted([*REPRODUCIBLE_GROUPS, CLAIMS_TARGET])
+        if target not in targets:
+            raise typer.BadParameter(f"target must be one of {', '.join(targets)}; got {target!r}")
+        if data is not None and synthetic is not None:
+            raise typer.BadParameter("--data and --synthetic name two cohorts; give one")
+        cohort_preset = synthetic or (CLAIMS_COHORT if target == CLAIMS_TARGET and data is None else None)
+        cohort_tag = f"-{cohort_preset}" if cohort_preset not in (None, preset) else ""
+        out = out or Path("runs") / f"{target}-{preset}{cohort_tag}"
         launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
                                mem_gb, time_limit, sbatch)
         init_distributed()
         clock = time.perf_counter()
         options = with_tracking(build_options(preset, device if launch is None else "cpu", epochs, {}, out,
                                               workers=workers), log_to, mlflow_uri)
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
-        specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
+        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks,
+                                synthetic=cohort_preset)
+        if target == CLAIMS_TARGET:
+            from mstnet.experiments.reproduce import claims_experiments
+
+            specs = claims_experiments()
+        else:
+            specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
         if target == "ablations":
             specs = list_experiments("mstnet") + specs
         console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "

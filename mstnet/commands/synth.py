@@ -1,4 +1,4 @@
-"""``mstnet data synth``, ``mstnet data preview`` and ``mstnet data oracle``: the embedded synthetic cohort."""
+"""``mstnet data synth``, ``preview``, ``oracle`` and ``power``: the embedded synthetic cohort and its ceilings."""
 
 from __future__ import annotations
 
@@ -104,3 +104,40 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         path = write_oracle(folder, report)
         console.print(oracle_table(report))
         console.print(f"written: {path}")
+
+    @data.command("power")
+    def power(
+        preset: str = typer.Option("claims", help="synthetic-cohort preset whose generator is simulated"),
+        sizes: str = typer.Option("150,200,250,300", help="comma-separated cohort sizes"),
+        population: int = typer.Option(20_000, min=100, help="patients of the simulated population"),
+        cohorts: int = typer.Option(1000, min=1, help="cohorts drawn per size"),
+        target: float = typer.Option(0.8, min=0.0, max=1.0, help="power the claims' ceiling comparisons must reach"),
+        out: Path | None = typer.Option(None, help="CSV to write (default: print only)"),
+        set_: list[str] = typer.Option(None, "--set", help="any generator parameter, key=value (dotted keys for nested ones)"),
+    ) -> None:
+        """Simulated power of the claims' paired ceiling tests at each cohort size (tabular draws, no images)."""
+        from mstnet.atomic import write_text_atomic
+        from mstnet.synth import synth_config
+        from mstnet.synth.power import ceiling_power, smallest_powered_size
+
+        try:
+            config = synth_config(preset, **parse_settings(set_))
+            size_list = [int(size) for size in sizes.split(",") if size.strip()]
+        except (KeyError, ValueError) as error:
+            raise typer.BadParameter(str(error)) from None
+        frame = ceiling_power(config, size_list, population=population, cohorts=cohorts)
+        table = Table(title=f"Power of the paired ceiling test (preset {preset}, {cohorts} cohorts per size, "
+                            f"population {population})")
+        for column in ("comparison", "ceilings", "required gap", "population gap", "N", "mean gap", "power"):
+            table.add_column(column, justify="left" if column in ("comparison", "ceilings") else "right")
+        for _, row in frame.iterrows():
+            required = "-" if row["required_gap"] != row["required_gap"] else f"{100 * row['required_gap']:.0f}"
+            table.add_row(row["comparison"], f"{row['better_information']} vs {row['worse_information']}", required,
+                          f"{100 * row['population_gap']:.1f}", str(row["n_patients"]), f"{100 * row['mean_gap']:.1f}",
+                          f"{row['power']:.2f} ± {row['standard_error']:.2f}")
+        console.print(table)
+        chosen = smallest_powered_size(frame, target)
+        console.print(f"smallest size with power >= {target} for every required comparison: "
+                      f"{chosen if chosen is not None else 'none of ' + sizes}")
+        if out is not None:
+            console.print(f"written: {write_text_atomic(out, frame.to_csv(index=False))}")

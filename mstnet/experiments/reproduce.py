@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
+
 from mstnet.atomic import write_text_atomic
 from mstnet.data.cohort import Cohort, CohortError
 from mstnet.data.sources import load_cohort
@@ -32,9 +34,11 @@ from mstnet.data.validate import CohortNeeds, validate_cohort
 from mstnet.errors import UsageError
 from mstnet.experiments.identity import refuse_conflicts
 from mstnet.experiments.presets import RunPreset
-from mstnet.experiments.registry import ExperimentSpec, list_experiments
+from mstnet.claims import CLAIM_EXPERIMENTS
+from mstnet.experiments.registry import ExperimentSpec, get_experiment, list_experiments
 from mstnet.experiments.runner import RunOptions, check_experiment, fold_dir_of, run_experiment, training_seeds
 from mstnet.experiments.splits import Splits, make_splits
+from mstnet.results_files import ORACLE_POSTERIORS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,12 @@ def default_cohort_dir(preset: str, seed: int = 0) -> Path:
 
 
 def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, seed: int = 0, write: bool = True,
-                 binarize_masks: str | None = None) -> PreparedRuns:
-    """Load the cohort (``data`` or the embedded default for the preset) and fix the folds of ``runs_dir``.
+                 binarize_masks: str | None = None, synthetic: str | None = None) -> PreparedRuns:
+    """Load the cohort (``data``, or the embedded synthetic cohort) and fix the folds of ``runs_dir``.
 
     Args:
+        synthetic: the synthetic-cohort preset used without ``data`` (default: the run preset's
+            name, e.g. ``cpu``; ``claims`` for the signal-controlled cohort on the cpu grid).
         write: write ``splits.json``, ``cohort.json`` and ``oracle.json`` now; ``False``
             leaves that to :func:`commit_runs` (``run_group`` does it once its checks pass).
         binarize_masks: how non-binary masks are read (None: refused; see ``mstnet data validate``).
@@ -72,7 +78,7 @@ def prepare_runs(runs_dir: Path, preset: RunPreset, data: Path | None = None, se
         UsageError: ``runs_dir`` holds other folds than this cohort and seed give.
     """
     runs_dir = Path(runs_dir)
-    cohort_dir = Path(data) if data is not None else default_cohort_dir(preset.name, seed=seed)
+    cohort_dir = Path(data) if data is not None else default_cohort_dir(synthetic or preset.name, seed=seed)
     cohort = load_cohort(cohort_dir, binarize_masks=binarize_masks)
     # What the folds need (patients, enough of each label), before they are drawn; the full
     # check of images and clinical records comes in :func:`preflight`.
@@ -111,12 +117,30 @@ def commit_runs(prepared: PreparedRuns) -> None:
         "crop_size": list(prepared.crop_size or ()), "splits_hash": splits.hash,
         "note": ("synthetic cohort with known ground truth (not NLST)" if ground_truth else "user cohort"),
     }, indent=2) + "\n")
+    truth = cohort_dir / "ground_truth.csv"
+    if ground_truth:
+        write_oracle_posteriors(pd.read_csv(truth, dtype={"patient_id": str}), runs_dir / ORACLE_POSTERIORS_FILE,
+                                {patient.patient_id for patient in cohort})
     oracle = cohort_dir / "oracle.json"
     if oracle.exists():
         ceilings = json.loads(oracle.read_text())
         ceilings = ceilings.get("auc", ceilings)
         write_text_atomic(runs_dir / "oracle.json", json.dumps(
             {key: float(value) for key, value in ceilings.items() if isinstance(value, (int, float))}, indent=2) + "\n")
+
+
+def write_oracle_posteriors(truth: pd.DataFrame, path: Path, patients: set[str]) -> Path | None:
+    """Each cohort patient's label and oracle posteriors (``oracle_<key>`` of ``ground_truth.csv``) -> ``path``.
+
+    ``everything`` is ``oracle_posterior`` in the truth table; it is written as ``oracle_everything``.
+    None (nothing written) when the truth table has no oracle columns.
+    """
+    columns = [column for column in truth.columns if column.startswith("oracle_")]
+    if not columns:
+        return None
+    frame = truth.loc[truth["patient_id"].isin(patients), ["patient_id", "label", *columns]]
+    frame = frame.rename(columns={"oracle_posterior": "oracle_everything"})
+    return write_text_atomic(path, frame.to_csv(index=False))
 
 
 def cohort_needs(specs: Sequence[ExperimentSpec], n_folds: int) -> CohortNeeds:
@@ -222,6 +246,11 @@ def run_group(prepared: PreparedRuns, specs: Sequence[ExperimentSpec], options: 
         for future in tqdm(as_completed(futures), total=len(futures), desc="folds", disable=not options.progress):
             name, seed, fold = future.result()
             log.info("%s%s fold %d done", name, f" seed {seed}" if seed else "", fold)
+
+
+def claims_experiments() -> list[ExperimentSpec]:
+    """MST-Net and the variants the claims need (:data:`mstnet.claims.CLAIM_EXPERIMENTS`), full model first."""
+    return [get_experiment(name) for name in CLAIM_EXPERIMENTS]
 
 
 def paper_table_experiments() -> list[ExperimentSpec]:

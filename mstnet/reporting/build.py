@@ -5,6 +5,8 @@ Files written into ``out_dir`` (only those the results allow):
 - ``paper_table.{md,csv,tex,html}``: Table 1 rows (experiments with a ``table_row``);
 - ``reference_table.{md,csv,tex,html}``: the other non-ablation experiments, with the reference;
 - ``ablation_table.{md,csv,tex,html}``: ``group == "ablation"`` against the reference;
+- ``claims_table.{md,csv,tex,html}``, ``claims_ranking.csv`` and ``figures/claims_auc_vs_ceiling``: the
+  paper's claims (:mod:`mstnet.reporting.claims_table`), where the results hold a claim's two experiments;
 - ``performance.{md,csv,html}``: pytest-benchmark results found in the RUNS_DIRs or given;
 - ``experiments.csv``: one row per experiment (group, tasks, folds, summed wall time);
 - ``figures/*.png`` and ``figures/*.pdf`` (see :mod:`mstnet.reporting.figures`), among them
@@ -26,6 +28,9 @@ from mstnet.atomic import write_text_atomic
 from mstnet.reporting import figures as report_figures
 from mstnet.reporting.ablation_table import (ablation_csv, ablation_html, ablation_latex, ablation_markdown,
                                              ablation_table)
+from mstnet.reporting.claims_formats import (claims_csv, claims_figure, claims_html, claims_latex, claims_markdown,
+                                             ranking_csv)
+from mstnet.reporting.claims_table import claims_table
 from mstnet.reporting.paper_formats import (results_table_csv, results_table_html, results_table_latex,
                                            results_table_markdown)
 from mstnet.reporting.paper_table import ResultsTable, paper_table, reference_table
@@ -144,6 +149,18 @@ def build_report(
                  write_text_atomic(out_dir / "ablation_table.tex", ablation_latex(ablations)),
                  write_text_atomic(out_dir / "ablation_table.html", _standalone("Ablations", body))]
         sections.append(Section("Ablation table", body, files))
+    claims = claims_table(results, n_resamples, seed)
+    if claims is not None:
+        body = claims_html(claims)
+        files = [write_text_atomic(out_dir / "claims_table.md", claims_markdown(claims)),
+                 write_text_atomic(out_dir / "claims_table.csv", claims_csv(claims)),
+                 write_text_atomic(out_dir / "claims_table.tex", claims_latex(claims)),
+                 write_text_atomic(out_dir / "claims_table.html", _standalone("Claims", body)),
+                 write_text_atomic(out_dir / "claims_ranking.csv", ranking_csv(claims))]
+        sections.append(Section("Claims table", body, files))
+        figure = claims_figure(claims, figure_dir)
+        if figure:
+            sections.append(Section("Claims: measured AUC against ceiling", figures=report_figures.png_paths(figure)))
     if results.oracle:
         sections.append(Section("Oracle ceilings", key_value_table(
             "AUC of the known generating risk per information subset (oracle.json)",

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mstnet.synth.risk import ClinicalMarginals, GrowthModel
+from mstnet.synth.risk import BrockEffects, ClinicalMarginals, GrowthModel
 from mstnet.synth.thorax import TissueHU
 
 GENERATOR_VERSION = 4
@@ -54,6 +54,8 @@ class SynthConfig:
         min_volume_mm3: volumes never fall below this (a shrinking nodule stays visible; default 10).
         max_diameter_mm: growth stops where the longest diameter reaches this (default 30 mm).
         include_spiculation: add Brock's spiculation term (full model) to the logit (default True).
+        effects: multipliers of the Brock coefficients in the malignancy logit (default: all 1, the
+            published model; the ``claims`` preset sets them to control each signal's share).
         spiculated_rating: median LIDC spiculation rating at or above which a nodule counts as spiculated (default 3).
         clinical: NLST-like clinical marginals.
         growth: VDT distributions.
@@ -95,6 +97,7 @@ class SynthConfig:
     min_volume_mm3: float = 10.0
     max_diameter_mm: float = 30.0
     include_spiculation: bool = True
+    effects: BrockEffects = field(default_factory=BrockEffects)
     spiculated_rating: float = 3.0
     clinical: ClinicalMarginals = field(default_factory=ClinicalMarginals)
     growth: GrowthModel = field(default_factory=GrowthModel)

@@ -162,7 +162,7 @@ def _interval_moments(mean: float, sd: float) -> tuple[float, float]:
 
 def _hidden_term_distribution(config: SynthConfig, clinical_hidden: bool, reads_hidden: bool) -> tuple[np.ndarray, np.ndarray]:
     """Exact pmf (values, probabilities) of the sum of the Brock terms a set does not see."""
-    c, marginals = BROCK_COEFFICIENTS, config.clinical
+    c, marginals = config.effects.coefficients(), config.clinical
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     bernoulli = lambda coefficient, p: (np.array([0.0, coefficient]), np.array([1 - p, p]))  # noqa: E731
     if clinical_hidden:
@@ -289,7 +289,8 @@ def _atoms(config: SynthConfig, bank: ShapeBank) -> _Atoms:
     spiculated = (bank.column("spiculation")[chosen] >= config.spiculated_rating).astype(int)
     zeros = np.zeros(len(chosen))
     terms = brock_terms(zeros + 62, zeros, zeros, zeros, zeros, zeros + 4, diameter, texture, spiculated,
-                        include_spiculation=config.include_spiculation)
+                        include_spiculation=config.include_spiculation,
+                        effects=config.effects)
     return _Atoms(
         texture=np.array([TEXTURES.index(t) for t in texture]), spiculated=spiculated, log_volume=np.log(volume),
         low=np.minimum(config.min_volume_mm3, volume),
@@ -309,7 +310,8 @@ def _observed(truth: pd.DataFrame, config: SynthConfig) -> _Observed:
     status[:, 0] = 0
     texture = truth["texture"].astype(str).to_numpy()
     terms = brock_terms(truth["age"], truth["female"], truth["family_history"], truth["emphysema"], truth["upper_lobe"],
-                        truth["nodule_count"], diameter0, texture, truth["spiculated"], include_spiculation=config.include_spiculation)
+                        truth["nodule_count"], diameter0, texture, truth["spiculated"], include_spiculation=config.include_spiculation,
+                        effects=config.effects)
     positive = truth["scr_res0"].to_numpy() == 4 if "scr_res0" in truth else diameter0 >= 4.0
     return _Observed(
         days=days, volume=volume, status=status.astype(np.int8),

@@ -69,7 +69,8 @@ def everything_posterior(truth: pd.DataFrame, config: SynthConfig) -> np.ndarray
     texture = truth["texture"].astype(str).to_numpy()
     diameter0 = truth["diameter_T0_mm"].to_numpy(float)
     terms = brock_terms(truth["age"], truth["female"], truth["family_history"], truth["emphysema"], truth["upper_lobe"],
-                        truth["nodule_count"], diameter0, texture, truth["spiculated"], include_spiculation=config.include_spiculation)
+                        truth["nodule_count"], diameter0, texture, truth["spiculated"], include_spiculation=config.include_spiculation,
+                        effects=config.effects)
     logit = np.asarray(brock_logit(terms), float) + float(truth["logit_offset"].iloc[0])
     rounds = _rounds(truth)
     if len(rounds) == 1:

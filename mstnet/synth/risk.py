@@ -36,6 +36,43 @@ CLINICAL_TERMS: tuple[str, ...] = ("age", "female", "family_history", "emphysema
 IMAGING_TERMS: tuple[str, ...] = ("size", "part_solid", "non_solid", "spiculation")
 """Brock terms that come from the nodule itself (visible in the images)."""
 
+RECORD_TERMS: tuple[str, ...] = ("age", "female", "family_history")
+"""Brock terms of the clinical record proper (demographics and history; information set ``clinical``)."""
+
+READ_TERMS: tuple[str, ...] = ("emphysema", "upper_lobe", "nodule_count")
+"""Brock terms a radiologist reads off the CT (information set ``reads``)."""
+
+APPEARANCE_TERMS: tuple[str, ...] = ("part_solid", "non_solid", "spiculation")
+"""Brock terms of the nodule's appearance (texture and spiculation; seen in every scan)."""
+
+
+@dataclass(frozen=True)
+class BrockEffects:
+    """Multipliers of the Brock coefficients in the generator's malignancy logit (1 = the published model).
+
+    The default cohorts use the published model. A signal-controlled cohort (the ``claims``
+    preset, :mod:`mstnet.synth.presets`) sets how much of the outcome each kind of information
+    carries: the generator draws the labels, and the oracle computes its ceilings, with the
+    same scaled coefficients, so every ceiling stays exact.
+
+    Attributes:
+        record: multiplies :data:`RECORD_TERMS` (age, sex, family history).
+        reads: multiplies :data:`READ_TERMS` (emphysema, upper lobe, nodule count).
+        size: multiplies the diameter term (0: the T0 size carries no risk of its own).
+        appearance: multiplies :data:`APPEARANCE_TERMS` (texture and spiculation).
+    """
+
+    record: float = 1.0
+    reads: float = 1.0
+    size: float = 1.0
+    appearance: float = 1.0
+
+    def coefficients(self) -> dict[str, float]:
+        """:data:`~mstnet.brock.BROCK_COEFFICIENTS` with each group scaled (the intercept as published)."""
+        scale = {**{name: self.record for name in RECORD_TERMS}, **{name: self.reads for name in READ_TERMS},
+                 "size": self.size, **{name: self.appearance for name in APPEARANCE_TERMS}}
+        return {name: value * scale.get(name, 1.0) for name, value in BROCK_COEFFICIENTS.items()}
+
 
 def texture_class(lidc_texture: np.ndarray) -> np.ndarray:
     """LIDC texture rating (median of readers, 1 = non-solid ... 5 = solid) -> ``TEXTURES`` name.
@@ -48,13 +85,14 @@ def texture_class(lidc_texture: np.ndarray) -> np.ndarray:
 
 def brock_terms(age: np.ndarray, female: np.ndarray, family_history: np.ndarray, emphysema: np.ndarray,
                 upper_lobe: np.ndarray, nodule_count: np.ndarray, diameter_mm: np.ndarray, texture: np.ndarray,
-                spiculated: np.ndarray, include_spiculation: bool = True) -> dict[str, np.ndarray]:
+                spiculated: np.ndarray, include_spiculation: bool = True,
+                effects: BrockEffects | None = None) -> dict[str, np.ndarray]:
     """Each Brock term (coefficient times covariate) per patient; the logit is their sum plus the intercept.
 
     All arguments are (N,) arrays; ``texture`` holds ``TEXTURES`` names, ``diameter_mm`` the
-    nodule's longest axial diameter in mm.
+    nodule's longest axial diameter in mm. ``effects`` scales the coefficients (None: as published).
     """
-    c = BROCK_COEFFICIENTS
+    c = BROCK_COEFFICIENTS if effects is None else effects.coefficients()
     diameter = np.maximum(np.asarray(diameter_mm, dtype=float), 0.5)
     texture = np.asarray(texture)
     terms = {

@@ -93,7 +93,8 @@ def _draw_malignancy(frame: pd.DataFrame, clinical: dict[str, np.ndarray], diame
     """Step 3: the Brock logit, the offset that gives ``malignant_fraction``, the true risk and the label."""
     terms = brock_terms(clinical["age"], clinical["female"], clinical["family_history"], clinical["emphysema"],
                         clinical["upper_lobe"], clinical["nodule_count"], diameter0, frame["texture"].to_numpy(),
-                        frame["spiculated"].to_numpy(), include_spiculation=config.include_spiculation)
+                        frame["spiculated"].to_numpy(), include_spiculation=config.include_spiculation,
+                        effects=config.effects)
     logit = np.asarray(brock_logit(terms), dtype=float)
     offset = solve_offset(logit, config.malignant_fraction)
     frame["brock_logit"] = logit
