@@ -10,16 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mstnet.commands import LaunchRequest, with_launch_options
 from mstnet.commands.experiments import (
     BINARIZE_HELP,
-    CPUS_OPTION,
-    GPUS_OPTION,
-    LAUNCHER_CONFIG_OPTION,
-    LAUNCHER_OPTION,
-    MEM_OPTION,
-    PARTITION_OPTION,
-    SBATCH_OPTION,
-    TIME_OPTION,
     JSON_HELP,
     LOG_HELP,
     MLFLOW_URI_HELP,
@@ -72,76 +65,76 @@ def select_ablations(names: list[str], run_all: bool) -> list:
     return [registered[name] for name in dict.fromkeys(names)]
 
 
+def _print_ablations(plain: bool, as_json: bool) -> None:
+    """``mstnet ablate --list``: every registered ablation (:func:`ablation_rows`) as a table, lines or JSON."""
+    from mstnet.commands.experiments import print_listing
+
+    rows = ablation_rows()
+    print_listing(ABLATION_COLUMNS, [[row[c] for c in ABLATION_COLUMNS] for row in rows], rows,
+                  plain=plain, as_json=as_json, title="MST-Net ablations")
+
+
+@with_launch_options
+def ablate_command(
+    names: list[str] | None = typer.Argument(None, help="ablation names (see --list)"),
+    run_all: bool = typer.Option(False, "--all", help="run every registered ablation"),
+    list_only: bool = typer.Option(False, "--list", help="list the ablations with descriptions and exit"),
+    preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
+    data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
+    out: Path | None = typer.Option(None, help="results folder (default runs/ablations-<preset>)"),
+    report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
+    folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
+    set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value for every model (repeatable)"),
+    seed: int = typer.Option(0, help="seed of the folds"),
+    seeds: int = SEEDS_OPTION,
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
+    plain: bool = typer.Option(False, "--plain", help=f"with --list: {PLAIN_HELP}: {', '.join(ABLATION_COLUMNS)}"),
+    as_json: bool = typer.Option(False, "--json", help=f"with --list: {JSON_HELP}"),
+    log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
+    launch: LaunchRequest = LaunchRequest(),
+) -> None:
+    """Train MST-Net and the named ablations on the same folds, then write the report."""
+    console = Console()
+    if list_only:
+        _print_ablations(plain, as_json)
+        return
+    if plain or as_json:
+        raise typer.BadParameter("--plain and --json go with --list")
+    from mstnet.commands.experiments import build_options, init_distributed, parse_assignments, parse_folds, with_tracking
+    from mstnet.experiments.registry import get_experiment
+    from mstnet.experiments.reproduce import prepare_runs, run_group
+
+    from mstnet.experiments.launcher import TasksFailed
+
+    specs = [get_experiment(FULL_MODEL), *select_ablations(names or [], run_all)]
+    out = out or Path("runs") / f"ablations-{preset}"
+    launcher = launch.make_launcher(out, device)
+    init_distributed()
+    clock = time.perf_counter()
+    # Under --launcher slurm each task resolves --device where it runs.
+    options = with_tracking(build_options(preset, device if launcher is None else "cpu", epochs,
+                                          parse_assignments(set_), out), log_to, mlflow_uri)
+    prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
+    fold_list = parse_folds(folds)
+    console.print(f"{len(specs)} experiments ({', '.join(s.name for s in specs)}) x "
+                  f"{len(fold_list or range(prepared.splits.n_folds))} folds"
+                  f"{f' x {seeds} seeds' if seeds > 1 else ''} on {len(prepared.cohort)} patients -> {out}")
+    try:
+        run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite, launcher=launcher, seeds=seeds)
+    except TasksFailed as failed:
+        from mstnet.commands.experiments import report_failed_tasks
+
+        report_failed_tasks(failed, out, report_out)
+    _report(out, report_out)
+    console.print(f"wall time {time.perf_counter() - clock:.0f} s")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    @app.command("ablate")
-    def ablate_command(
-        names: list[str] | None = typer.Argument(None, help="ablation names (see --list)"),
-        run_all: bool = typer.Option(False, "--all", help="run every registered ablation"),
-        list_only: bool = typer.Option(False, "--list", help="list the ablations with descriptions and exit"),
-        preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
-        data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
-        out: Path | None = typer.Option(None, help="results folder (default runs/ablations-<preset>)"),
-        report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
-        folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
-        device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
-        set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value for every model (repeatable)"),
-        seed: int = typer.Option(0, help="seed of the folds"),
-        seeds: int = SEEDS_OPTION,
-        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
-        plain: bool = typer.Option(False, "--plain", help=f"with --list: {PLAIN_HELP}: {', '.join(ABLATION_COLUMNS)}"),
-        as_json: bool = typer.Option(False, "--json", help=f"with --list: {JSON_HELP}"),
-        log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
-        mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
-        launcher: str = LAUNCHER_OPTION,
-        launcher_config: Path | None = LAUNCHER_CONFIG_OPTION,
-        partition: str | None = PARTITION_OPTION,
-        gpus_per_task: int | None = GPUS_OPTION,
-        cpus_per_task: int | None = CPUS_OPTION,
-        mem_gb: float | None = MEM_OPTION,
-        time_limit: str | None = TIME_OPTION,
-        sbatch: list[str] = SBATCH_OPTION,
-    ) -> None:
-        """Train MST-Net and the named ablations on the same folds, then write the report."""
-        console = Console()
-        if list_only:
-            from mstnet.commands.experiments import print_listing
-
-            rows = ablation_rows()
-            print_listing(ABLATION_COLUMNS, [[row[c] for c in ABLATION_COLUMNS] for row in rows], rows,
-                          plain=plain, as_json=as_json, title="MST-Net ablations")
-            return
-        if plain or as_json:
-            raise typer.BadParameter("--plain and --json go with --list")
-        from mstnet.commands.experiments import build_options, init_distributed, parse_assignments, parse_folds, with_tracking
-        from mstnet.experiments.registry import get_experiment
-        from mstnet.experiments.reproduce import prepare_runs, run_group
-
-        from mstnet.experiments.launcher import TasksFailed, make_launcher
-
-        specs = [get_experiment(FULL_MODEL), *select_ablations(names or [], run_all)]
-        out = out or Path("runs") / f"ablations-{preset}"
-        launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
-                               mem_gb, time_limit, sbatch)
-        init_distributed()
-        clock = time.perf_counter()
-        # Under --launcher slurm each task resolves --device where it runs.
-        options = with_tracking(build_options(preset, device if launch is None else "cpu", epochs,
-                                              parse_assignments(set_), out), log_to, mlflow_uri)
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
-        fold_list = parse_folds(folds)
-        console.print(f"{len(specs)} experiments ({', '.join(s.name for s in specs)}) x "
-                      f"{len(fold_list or range(prepared.splits.n_folds))} folds"
-                      f"{f' x {seeds} seeds' if seeds > 1 else ''} on {len(prepared.cohort)} patients -> {out}")
-        try:
-            run_group(prepared, specs, options, folds=fold_list, overwrite=overwrite, launcher=launch, seeds=seeds)
-        except TasksFailed as failed:
-            from mstnet.commands.experiments import report_failed_tasks
-
-            report_failed_tasks(failed, out, report_out)
-        _report(out, report_out)
-        console.print(f"wall time {time.perf_counter() - clock:.0f} s")
+    app.command("ablate")(ablate_command)
 
 
 def _report(runs_dir: Path, report_out: Path | None) -> None:

@@ -63,16 +63,21 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             predictions, cohort, out, name, cohort_dir=data, folds_from=folds_from, folds=parse_folds(folds),
             probabilities=probabilities, pattern=pattern or DEFAULT_PATTERN, timepoints=timepoints, resample=resample,
             binarize_predictions=binarize_predictions, description=description, overwrite=overwrite)
-        for k, metrics in evaluation.metrics.items():
-            parts = [f"fold {k}:"]
-            if metrics["segmentation"]:
-                seg = metrics["segmentation"]
-                parts.append(f"Dice {seg['dice']:.4f}, HD95 {seg['hd95']:.2f} mm over {len(evaluation.scans[k])} scans")
-            if metrics["classification"]:
-                auc = metrics["classification"]["auc"]
-                parts.append(f"AUC {'undefined' if auc is None else f'{auc:.4f}'} over {len(evaluation.patients[k])} patients")
-            console.print(" ".join(parts), markup=False, highlight=False)
-        resampled = sum(len(v) for v in evaluation.resampled.values())
-        if resampled:
-            console.print(f"{resampled} mask(s) resampled onto their image's grid", markup=False)
-        console.print(f"results in {evaluation.folder} (mstnet report {out})", markup=False, highlight=False)
+        _print_evaluation(evaluation, out)
+
+
+def _print_evaluation(evaluation, out: Path) -> None:
+    """One line per scored fold (Dice and HD95, AUC), the resampled masks, and where the results are."""
+    for k, metrics in evaluation.metrics.items():
+        parts = [f"fold {k}:"]
+        if metrics["segmentation"]:
+            seg = metrics["segmentation"]
+            parts.append(f"Dice {seg['dice']:.4f}, HD95 {seg['hd95']:.2f} mm over {len(evaluation.scans[k])} scans")
+        if metrics["classification"]:
+            auc = metrics["classification"]["auc"]
+            parts.append(f"AUC {'undefined' if auc is None else f'{auc:.4f}'} over {len(evaluation.patients[k])} patients")
+        console.print(" ".join(parts), markup=False, highlight=False)
+    resampled = sum(len(v) for v in evaluation.resampled.values())
+    if resampled:
+        console.print(f"{resampled} mask(s) resampled onto their image's grid", markup=False)
+    console.print(f"results in {evaluation.folder} (mstnet report {out})", markup=False, highlight=False)
