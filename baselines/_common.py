@@ -14,7 +14,8 @@ time point (and every slice), and ignore the clinical inputs and days, which non
   points and fed to a linear malignancy head.
 
 :func:`register_latest_scan_classifier` registers a Table-1 classifier of the latest scan
-(DeepCAD, NASLung, SCAN) in one call.
+(DeepCAD, NASLung, SCAN) in one call; :func:`register_multitask_row` registers a Table-1
+multi-task row (ACSNet, MLTN).
 
 Inputs whose size a network cannot take (UNETR needs multiples of 16, SwinUNETR of 32) are
 padded at the far end by edge replication to the next multiple of ``size_divisor`` and the
@@ -76,6 +77,31 @@ def _check_images(images: Tensor) -> None:
         raise ValueError(f"images must be [B, T, 1, D, H, W], got shape {tuple(images.shape)}")
 
 
+class _HarnessModel(nn.Module):
+    """The harness's call, ``model(images [B, T, 1, D, H, W], clinical_categorical, clinical_numeric, days)``,
+    for a network of single scans: the images are checked, the clinical inputs and days ignored, and
+    :meth:`outputs` maps the images to the :class:`ModelOutput`."""
+
+    def forward(self, images: Tensor, clinical_categorical: Tensor | None = None,
+                clinical_numeric: Tensor | None = None, days: Tensor | None = None) -> ModelOutput:
+        _check_images(images)
+        return self.outputs(images)
+
+    def outputs(self, images: Tensor) -> ModelOutput:
+        raise NotImplementedError
+
+
+class _ScanNetwork(_HarnessModel):
+    """A wrapped ``network`` of ``spatial_dims`` dimensions whose inputs are padded to multiples of ``size_divisor``."""
+
+    spatial_dims = 3
+
+    def __init__(self, network: nn.Module, size_divisor: int | Sequence[int] = 1) -> None:
+        super().__init__()
+        self.network = network
+        self.size_divisor = as_divisor(size_divisor, self.spatial_dims)
+
+
 def scans_to_slices(images: Tensor) -> Tensor:
     """[B, T, 1, D, H, W] -> [B * T * D, 1, H, W] (axial slices, in (B, T, D) order)."""
     b, t, c, d, h, w = images.shape
@@ -88,7 +114,7 @@ def slices_to_scans(slices: Tensor, batch: int, timepoints: int, depth: int) -> 
     return slices.reshape(batch, timepoints, depth, k, h, w).permute(0, 1, 3, 2, 4, 5)
 
 
-class PerTimepointSegmentation(nn.Module):
+class PerTimepointSegmentation(_ScanNetwork):
     """A 3D segmentation network applied to every time point with shared weights.
 
     Args:
@@ -101,14 +127,7 @@ class PerTimepointSegmentation(nn.Module):
         output = model(torch.randn(2, 2, 1, 16, 64, 64))  # output.seg_logits: [2, 2, 1, 16, 64, 64]
     """
 
-    def __init__(self, network: nn.Module, size_divisor: int | Sequence[int] = 1) -> None:
-        super().__init__()
-        self.network = network
-        self.size_divisor = as_divisor(size_divisor, 3)
-
-    def forward(self, images: Tensor, clinical_categorical: Tensor | None = None,
-                clinical_numeric: Tensor | None = None, days: Tensor | None = None) -> ModelOutput:
-        _check_images(images)
+    def outputs(self, images: Tensor) -> ModelOutput:
         b, t = images.shape[:2]
         spatial = images.shape[3:]
         scans = pad_to_multiple(images.flatten(0, 1), self.size_divisor)
@@ -116,7 +135,7 @@ class PerTimepointSegmentation(nn.Module):
         return ModelOutput(seg_logits=logits.reshape(b, t, *logits.shape[1:]), cls_logits=None)
 
 
-class SliceWiseSegmentation(nn.Module):
+class SliceWiseSegmentation(_ScanNetwork):
     """A 2D segmentation network applied to every axial slice of every time point, stacked to 3D.
 
     Args:
@@ -124,21 +143,16 @@ class SliceWiseSegmentation(nn.Module):
         size_divisor: in-plane sizes the network needs to be multiples of (smp: 2 ** depth).
     """
 
-    def __init__(self, network: nn.Module, size_divisor: int | Sequence[int] = 1) -> None:
-        super().__init__()
-        self.network = network
-        self.size_divisor = as_divisor(size_divisor, 2)
+    spatial_dims = 2
 
-    def forward(self, images: Tensor, clinical_categorical: Tensor | None = None,
-                clinical_numeric: Tensor | None = None, days: Tensor | None = None) -> ModelOutput:
-        _check_images(images)
+    def outputs(self, images: Tensor) -> ModelOutput:
         b, t, _, d, h, w = images.shape
         slices = pad_to_multiple(scans_to_slices(images), self.size_divisor)
         logits = crop_to(self.network(slices), (h, w))
         return ModelOutput(seg_logits=slices_to_scans(logits, b, t, d), cls_logits=None)
 
 
-class LatestScanClassifier(nn.Module):
+class LatestScanClassifier(_ScanNetwork):
     """A 3D classifier applied to the latest time point only (``images[:, -1]``).
 
     Args:
@@ -146,21 +160,14 @@ class LatestScanClassifier(nn.Module):
         size_divisor: spatial sizes the network needs to be multiples of.
     """
 
-    def __init__(self, network: nn.Module, size_divisor: int | Sequence[int] = 1) -> None:
-        super().__init__()
-        self.network = network
-        self.size_divisor = as_divisor(size_divisor, 3)
-
-    def forward(self, images: Tensor, clinical_categorical: Tensor | None = None,
-                clinical_numeric: Tensor | None = None, days: Tensor | None = None) -> ModelOutput:
-        _check_images(images)
+    def outputs(self, images: Tensor) -> ModelOutput:
         logits = self.network(pad_to_multiple(images[:, -1], self.size_divisor))
         if logits.shape != (images.shape[0], MALIGNANCY_CLASSES):
             raise ValueError(f"classifier returned shape {tuple(logits.shape)}, expected [B, {MALIGNANCY_CLASSES}]")
         return ModelOutput(seg_logits=None, cls_logits=logits)
 
 
-class MultiTaskPerTimepoint(nn.Module):
+class MultiTaskPerTimepoint(_HarnessModel):
     """A multi-task network on every scan (3D) or axial slice (2D), plus a malignancy head.
 
     The backbone returns ``(seg_logits, pooled)``: (N, K, *S) logits and (N, F) globally
@@ -186,9 +193,7 @@ class MultiTaskPerTimepoint(nn.Module):
         self.size_divisor = as_divisor(size_divisor, spatial_dims)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_channels, MALIGNANCY_CLASSES))
 
-    def forward(self, images: Tensor, clinical_categorical: Tensor | None = None,
-                clinical_numeric: Tensor | None = None, days: Tensor | None = None) -> ModelOutput:
-        _check_images(images)
+    def outputs(self, images: Tensor) -> ModelOutput:
         b, t, _, d, h, w = images.shape
         if self.spatial_dims == 3:
             seg, pooled = self.backbone(pad_to_multiple(images.flatten(0, 1), self.size_divisor))
@@ -256,6 +261,21 @@ def register_latest_scan_classifier(name: str, network: Callable[..., nn.Module]
                                footnote=footnote)(build)
 
 
+def register_multitask_row(name: str, *, description: str, table_row: str, footnote: str,
+                           weight_decay: float) -> Callable[[Callable[[ModelContext], nn.Module]], Callable[[ModelContext], nn.Module]]:
+    """The ``register_experiment`` decorator of a Table-1 multi-task row (ACSNet, MLTN).
+
+    The row segments both scans and classifies the patient without the clinical record, on an equal
+    sum of the two losses (0.5 each) by the release's recipe at learning rate 1e-3 and ``weight_decay``,
+    and at the cpu preset by the short run (:func:`~mstnet.experiments.recipes.with_cpu_recipe`).
+    """
+    recipe = with_cpu_recipe(Recipe(learning_rate=1e-3, weight_decay=weight_decay, seg_loss_weight=0.5,
+                                    cls_loss_weight=0.5))
+    return register_experiment(name, description=description, tasks=("segmentation", "classification"),
+                               group="paper-table", table_row=table_row,
+                               data_view=DataView(timepoints=2, use_clinical=False), recipe=recipe, footnote=footnote)
+
+
 __all__ = [
     "LatestScanClassifier",
     "MultiTaskPerTimepoint",
@@ -267,6 +287,7 @@ __all__ = [
     "pad_to_multiple",
     "preset_settings",
     "register_latest_scan_classifier",
+    "register_multitask_row",
     "scans_to_slices",
     "segmentation_only_recipe",
     "slices_to_scans",

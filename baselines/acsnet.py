@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from baselines._common import SEGMENTATION_CLASSES, MultiTaskPerTimepoint, preset_settings
-from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment
-from mstnet.experiments.recipes import with_cpu_recipe
+from baselines._common import SEGMENTATION_CLASSES, MultiTaskPerTimepoint, preset_settings, register_multitask_row
+from mstnet.experiments.registry import ModelContext
 
 ACSNET_SIZE_DIVISOR = 32
 """The encoder halves the resolution five times."""
@@ -221,15 +220,12 @@ ACSNET_PRESETS = {
 }
 
 
-@register_experiment(
+@register_multitask_row(
     "acsnet",
     description="ACSNet: 2D encoder-decoder with local context attention, global context module and adaptive "
                 "selection, slice by slice; classification head on pooled deepest features.",
-    tasks=("segmentation", "classification"),
-    group="paper-table",
     table_row="ACSNet",
-    data_view=DataView(timepoints=2, use_clinical=False),
-    recipe=with_cpu_recipe(Recipe(learning_rate=1e-3, weight_decay=1e-4, seg_loss_weight=0.5, cls_loss_weight=0.5)),
+    weight_decay=1e-4,
     footnote="(re-impl.) 2D per slice; classification head added (pooled E5 over slices and time points); "
              "no deep supervision; from scratch; cpu preset uses a narrow ResNet encoder.",
 )

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetUpBlock
 from torch import Tensor, nn
 
-from baselines._common import SEGMENTATION_CLASSES, MultiTaskPerTimepoint, preset_settings
-from mstnet.experiments.registry import DataView, ModelContext, Recipe, register_experiment
-from mstnet.experiments.recipes import with_cpu_recipe
+from baselines._common import SEGMENTATION_CLASSES, MultiTaskPerTimepoint, preset_settings, register_multitask_row
+from mstnet.experiments.registry import ModelContext
 
 NORM = "instance"
 
@@ -79,15 +78,12 @@ MLTN_PRESETS = {
 }
 
 
-@register_experiment(
+@register_multitask_row(
     "mltn",
     description="MLTN: 3D multi-task U-Net (shared encoder, mask decoder, bottleneck classification branch), "
                 "each time point with shared weights.",
-    tasks=("segmentation", "classification"),
-    group="paper-table",
     table_row="MLTN",
-    data_view=DataView(timepoints=2, use_clinical=False),
-    recipe=with_cpu_recipe(Recipe(learning_rate=1e-3, weight_decay=1e-5, seg_loss_weight=0.5, cls_loss_weight=0.5)),
+    weight_decay=1e-5,
     footnote="(re-impl.) design not published; standard 3D multi-task U-Net (MONAI blocks), "
              "classification on the time-averaged bottleneck.",
 )

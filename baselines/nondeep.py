@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,32 +104,30 @@ def _invalid(method: str, column: str, patient: Any, value: Any, expected: str) 
     return FeatureColumnError(f"{method}: patient {patient!r}, column {column!r}: cannot read {value!r} ({expected})")
 
 
-def binary_column(features: pd.DataFrame, column: str, method: str) -> np.ndarray:
-    """A yes/no column as 0.0 / 1.0."""
+def _indicator(features: pd.DataFrame, column: str, method: str, ones: Collection[str], zeros: Collection[str],
+               expected: str) -> np.ndarray:
+    """``column`` as 1.0 where its token (:func:`_token`) is one of ``ones``, 0.0 where one of ``zeros``;
+    any other value raises, naming the patient and ``expected``."""
     out = np.empty(len(features))
     for i, (patient, value) in enumerate(features[column].items()):
         token = _token(value)
-        if token in _TRUE:
+        if token in ones:
             out[i] = 1.0
-        elif token in _FALSE:
+        elif token in zeros:
             out[i] = 0.0
         else:
-            raise _invalid(method, column, patient, value, "expected 0/1, yes/no or a boolean")
+            raise _invalid(method, column, patient, value, expected)
     return out
+
+
+def binary_column(features: pd.DataFrame, column: str, method: str) -> np.ndarray:
+    """A yes/no column as 0.0 / 1.0."""
+    return _indicator(features, column, method, _TRUE, _FALSE, "expected 0/1, yes/no or a boolean")
 
 
 def female_indicator(features: pd.DataFrame, method: str) -> np.ndarray:
     """1.0 for women, 0.0 for men, from ``gender``."""
-    out = np.empty(len(features))
-    for i, (patient, value) in enumerate(features["gender"].items()):
-        token = _token(value)
-        if token in _FEMALE:
-            out[i] = 1.0
-        elif token in _MALE:
-            out[i] = 0.0
-        else:
-            raise _invalid(method, "gender", patient, value, "expected 1/M/male or 2/F/female")
-    return out
+    return _indicator(features, "gender", method, _FEMALE, _MALE, "expected 1/M/male or 2/F/female")
 
 
 def nodule_type_indicators(features: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
