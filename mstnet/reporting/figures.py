@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 from sklearn.calibration import calibration_curve
@@ -63,6 +64,18 @@ TRUTH_COLOUR, PREDICTION_COLOUR = "#1a9850", "#d01c8b"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
+def _with_task(results: Results, task: str) -> list[str]:
+    """The experiments with values for ``task``, in display order."""
+    return [n for n in display_order(results) if results.has_task(n, task)]
+
+
+def _pooled_predictions(results: Results) -> list[tuple[str, tuple, pd.DataFrame]]:
+    """(name, colour, pooled out-of-fold predictions) of every classification experiment, in display order."""
+    names = _with_task(results, "classification")
+    colours = palette(names)
+    return [(name, colours[name], results.predictions[results.predictions["experiment"] == name]) for name in names]
+
+
 def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: int = 0,
                confidence: float = 0.95) -> list[Path]:
     """ROC curves of every classification experiment (pooled out-of-fold) with bootstrap bands.
@@ -70,15 +83,13 @@ def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: i
     The band is the pointwise percentile interval of the TPR at fixed FPR over patient
     resamples; the legend gives the AUC and its bootstrap interval.
     """
-    names = [n for n in display_order(results) if results.has_task(n, "classification")]
-    if not names:
+    classifiers = _pooled_predictions(results)
+    if not classifiers:
         return []
-    colours = palette(names)
     with figure_style():
         figure = new_figure(6.4, 6.0)
         axes = figure.add_subplot()
-        for name in names:
-            pooled = results.predictions[results.predictions["experiment"] == name]
+        for name, colour, pooled in classifiers:
             labels, probabilities = pooled["label"].to_numpy(), pooled["probability"].to_numpy()
             if np.unique(labels).size < 2:
                 log.warning("%s: a single class in the pooled predictions; no ROC curve", name)
@@ -92,7 +103,6 @@ def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: i
                     curves.append(np.interp(FPR_GRID, resampled_fpr, resampled_tpr))
             auc = classification_metric_samples(labels, probabilities, np.arange(labels.size)[None, :])["auc"][0]
             low, high = percentile_interval(classification_metric_samples(labels, probabilities, draws)["auc"], confidence)
-            colour = colours[name]
             axes.plot(fpr, tpr, color=colour, linewidth=2,
                       label=f"{method_name(results, name)}  AUC {auc:.3f} [{low:.3f}, {high:.3f}]")
             if curves:
@@ -109,7 +119,7 @@ def roc_figure(results: Results, out_dir: Path, n_resamples: int = 1000, seed: i
 
 def fold_box_figure(results: Results, out_dir: Path) -> list[Path]:
     """Per-fold Dice (%) and HD95 (mm) of every segmentation experiment: box plot with the folds as points."""
-    names = [n for n in display_order(results) if results.has_task(n, "segmentation")]
+    names = _with_task(results, "segmentation")
     if not names:
         return []
     frame = results.fold_metrics[results.fold_metrics["experiment"].isin(names)].copy()
@@ -174,24 +184,22 @@ def ablation_figure(table: AblationTable | None, out_dir: Path) -> list[Path]:
 
 def calibration_figure(results: Results, out_dir: Path, n_bins: int = 10) -> list[Path]:
     """Reliability diagram (``sklearn.calibration.calibration_curve``, uniform bins) of every classifier."""
-    names = [n for n in display_order(results) if results.has_task(n, "classification")]
-    if not names:
+    classifiers = _pooled_predictions(results)
+    if not classifiers:
         return []
-    colours = palette(names)
     with figure_style():
         figure = new_figure(6.4, 6.8)
         grid = figure.add_gridspec(2, 1, height_ratios=(3, 1))
         axes = figure.add_subplot(grid[0])
         histogram = figure.add_subplot(grid[1], sharex=axes)
-        for name in names:
-            pooled = results.predictions[results.predictions["experiment"] == name]
+        for name, colour, pooled in classifiers:
             fraction, mean_predicted = calibration_curve(pooled["label"], pooled["probability"], n_bins=n_bins,
                                                          strategy="uniform")
             brier = float(np.mean((pooled["probability"] - pooled["label"]) ** 2))
-            axes.plot(mean_predicted, fraction, marker="o", color=colours[name], linewidth=1.5,
+            axes.plot(mean_predicted, fraction, marker="o", color=colour, linewidth=1.5,
                       label=f"{method_name(results, name)} (Brier {brier:.3f})")
             histogram.hist(pooled["probability"], bins=np.linspace(0, 1, n_bins + 1), histtype="step",
-                           color=colours[name], linewidth=1.5)
+                           color=colour, linewidth=1.5)
         axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
         axes.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction malignant", title="Calibration (pooled out-of-fold)")
         axes.legend(loc="upper left")
