@@ -26,8 +26,8 @@ import pandas as pd
 
 from mstnet.atomic import write_text_atomic
 from mstnet.reporting import figures as report_figures
-from mstnet.reporting.ablation_table import (ablation_csv, ablation_html, ablation_latex, ablation_markdown,
-                                             ablation_table)
+from mstnet.reporting.ablation_table import (AblationTable, ablation_csv, ablation_html, ablation_latex,
+                                             ablation_markdown, ablation_table)
 from mstnet.reporting.claims_formats import (claims_csv, claims_figure, claims_html, claims_latex, claims_markdown,
                                              ranking_csv)
 from mstnet.reporting.claims_table import claims_table
@@ -45,13 +45,19 @@ FIGURE_FOLDER = "figures"
 WIDE_SECTIONS = {"Segmentation gallery", "Training curves", "Learning curves", "Ablations", "Per-fold Dice and HD95"}
 
 
+def _write_table_files(out_dir: Path, stem: str, title: str, markdown: str, csv: str, latex: str,
+                       body: str) -> list[Path]:
+    """``<stem>.md``, ``.csv``, ``.tex`` and a standalone ``.html`` page of one table (``body``, titled ``title``)."""
+    return [write_text_atomic(out_dir / f"{stem}.md", markdown),
+            write_text_atomic(out_dir / f"{stem}.csv", csv),
+            write_text_atomic(out_dir / f"{stem}.tex", latex),
+            write_text_atomic(out_dir / f"{stem}.html", _standalone(title, body))]
+
+
 def _write_results_table(table: ResultsTable, out_dir: Path, stem: str) -> tuple[str, list[Path]]:
-    files = [write_text_atomic(out_dir / f"{stem}.md", results_table_markdown(table)),
-             write_text_atomic(out_dir / f"{stem}.csv", results_table_csv(table)),
-             write_text_atomic(out_dir / f"{stem}.tex", results_table_latex(table))]
     body = results_table_html(table)
-    files.append(write_text_atomic(out_dir / f"{stem}.html", _standalone(table.title, body)))
-    return body, files
+    return body, _write_table_files(out_dir, stem, table.title, results_table_markdown(table), results_table_csv(table),
+                                    results_table_latex(table), body)
 
 
 def _standalone(title: str, body: str) -> str:
@@ -95,6 +101,64 @@ def write_performance(benchmark_files: Sequence[str | Path], out_dir: str | Path
     return files, body
 
 
+def _table_sections(results: Results, out_dir: Path, figure_dir: Path, reference: str, n_resamples: int, seed: int,
+                    with_published: bool) -> tuple[list[Section], AblationTable | None]:
+    """The sections of the tables (Table 1, references, ablations, claims with their figure) and of the oracle
+    ceilings, each table written in its formats; and the ablation table, which a figure draws too."""
+    sections: list[Section] = []
+    paper = paper_table(results, reference, n_resamples, seed, with_published)
+    if paper is not None:
+        body, files = _write_results_table(paper, out_dir, "paper_table")
+        sections.append(Section("Table 1", body, files))
+    references = reference_table(results, reference, n_resamples, seed)
+    if references is not None:
+        body, files = _write_results_table(references, out_dir, "reference_table")
+        sections.append(Section("Reference methods", body, files))
+    ablations = ablation_table(results, reference, n_resamples, seed)
+    if ablations is not None:
+        body = ablation_html(ablations)
+        files = _write_table_files(out_dir, "ablation_table", "Ablations", ablation_markdown(ablations),
+                                   ablation_csv(ablations), ablation_latex(ablations), body)
+        sections.append(Section("Ablation table", body, files))
+    claims = claims_table(results, n_resamples, seed)
+    if claims is not None:
+        body = claims_html(claims)
+        files = _write_table_files(out_dir, "claims_table", "Claims", claims_markdown(claims), claims_csv(claims),
+                                   claims_latex(claims), body)
+        files.append(write_text_atomic(out_dir / "claims_ranking.csv", ranking_csv(claims)))
+        sections.append(Section("Claims table", body, files))
+        figure = claims_figure(claims, figure_dir)
+        if figure:
+            sections.append(Section("Claims: measured AUC against ceiling", figures=report_figures.png_paths(figure)))
+    if results.oracle:
+        sections.append(Section("Oracle ceilings", key_value_table(
+            "AUC of the known generating risk per information subset (oracle.json)",
+            [(k, f"{100 * v:.2f}") for k, v in results.oracle.items()], ("information", "AUC (%)"))))
+    return sections, ablations
+
+
+def _performance_sections(results: Results, benchmark_files: Sequence[str | Path], out_dir: Path) -> list[Section]:
+    """The performance section, when pytest-benchmark files are found (RUNS_DIRs, ``out_dir``) or given."""
+    benchmarks = sorted({*results.benchmark_files, *map(Path, benchmark_files),
+                         *(p for p in out_dir.glob("benchmark*.json") if is_benchmark_json(p))})
+    if not benchmarks:
+        return []
+    files, body = write_performance(benchmarks, out_dir)
+    return [Section("Performance", body, files)]
+
+
+def _experiments_section(results: Results, out_dir: Path) -> Section:
+    """``experiments.csv`` (:func:`experiments_frame`) and its table."""
+    experiments = experiments_frame(results)
+    experiments_csv = write_text_atomic(out_dir / "experiments.csv", experiments.to_csv(index=False))
+    return Section("Experiments", frame_table(
+        "Experiments in this report", ["experiment", "group", "tasks", "information", "folds", "wall time (min)",
+                                       "description"],
+        [[r["experiment"], r["group"], r["tasks"], r["information"], str(r["folds"]),
+          "-" if not np.isfinite(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}", r["description"]]
+         for _, r in experiments.iterrows()]), [experiments_csv])
+
+
 def build_report(
     runs_dirs: Sequence[str | Path] | str | Path,
     out_dir: str | Path,
@@ -131,60 +195,12 @@ def build_report(
     figure_dir = out_dir / FIGURE_FOLDER
     results = load_many(runs_dirs, threshold_rule=threshold_rule)
     log.info("report: %d experiments from %s", len(results.experiments), ", ".join(map(str, results.runs_dirs)))
-    sections: list[Section] = []
-
-    paper = paper_table(results, reference, n_resamples, seed, with_published)
-    if paper is not None:
-        body, files = _write_results_table(paper, out_dir, "paper_table")
-        sections.append(Section("Table 1", body, files))
-    references = reference_table(results, reference, n_resamples, seed)
-    if references is not None:
-        body, files = _write_results_table(references, out_dir, "reference_table")
-        sections.append(Section("Reference methods", body, files))
-    ablations = ablation_table(results, reference, n_resamples, seed)
-    if ablations is not None:
-        body = ablation_html(ablations)
-        files = [write_text_atomic(out_dir / "ablation_table.md", ablation_markdown(ablations)),
-                 write_text_atomic(out_dir / "ablation_table.csv", ablation_csv(ablations)),
-                 write_text_atomic(out_dir / "ablation_table.tex", ablation_latex(ablations)),
-                 write_text_atomic(out_dir / "ablation_table.html", _standalone("Ablations", body))]
-        sections.append(Section("Ablation table", body, files))
-    claims = claims_table(results, n_resamples, seed)
-    if claims is not None:
-        body = claims_html(claims)
-        files = [write_text_atomic(out_dir / "claims_table.md", claims_markdown(claims)),
-                 write_text_atomic(out_dir / "claims_table.csv", claims_csv(claims)),
-                 write_text_atomic(out_dir / "claims_table.tex", claims_latex(claims)),
-                 write_text_atomic(out_dir / "claims_table.html", _standalone("Claims", body)),
-                 write_text_atomic(out_dir / "claims_ranking.csv", ranking_csv(claims))]
-        sections.append(Section("Claims table", body, files))
-        figure = claims_figure(claims, figure_dir)
-        if figure:
-            sections.append(Section("Claims: measured AUC against ceiling", figures=report_figures.png_paths(figure)))
-    if results.oracle:
-        sections.append(Section("Oracle ceilings", key_value_table(
-            "AUC of the known generating risk per information subset (oracle.json)",
-            [(k, f"{100 * v:.2f}") for k, v in results.oracle.items()], ("information", "AUC (%)"))))
-
+    sections, ablations = _table_sections(results, out_dir, figure_dir, reference, n_resamples, seed, with_published)
     figure_sections = report_figures.all_figures(results, figure_dir, ablations, n_resamples, seed)
     for name, paths in figure_sections.items():
         sections.append(Section(name, figures=report_figures.png_paths(paths), wide_figures=name in WIDE_SECTIONS))
-
-    benchmarks = sorted({*results.benchmark_files, *map(Path, benchmark_files),
-                         *(p for p in out_dir.glob("benchmark*.json") if is_benchmark_json(p))})
-    if benchmarks:
-        files, body = write_performance(benchmarks, out_dir)
-        sections.append(Section("Performance", body, files))
-
-    experiments = experiments_frame(results)
-    experiments_csv = write_text_atomic(out_dir / "experiments.csv", experiments.to_csv(index=False))
-    sections.append(Section("Experiments", frame_table(
-        "Experiments in this report", ["experiment", "group", "tasks", "information", "folds", "wall time (min)",
-                                       "description"],
-        [[r["experiment"], r["group"], r["tasks"], r["information"], str(r["folds"]),
-          "-" if not np.isfinite(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}", r["description"]]
-         for _, r in experiments.iterrows()]), [experiments_csv]))
-
+    sections += _performance_sections(results, benchmark_files, out_dir)
+    sections.append(_experiments_section(results, out_dir))
     index = write_text_atomic(out_dir / "index.html", render_index(title, _meta_lines(results), sections, out_dir))
     log.info("report written: %s", index)
     return index
