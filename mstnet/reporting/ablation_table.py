@@ -18,7 +18,7 @@ import pandas as pd
 
 from mstnet.metrics import (bootstrap_mean_ci, bootstrap_p_value, classification_metric_samples, delong_test,
                             mcnemar_exact, patient_draws, percentile_interval, wilcoxon_per_patient)
-from mstnet.reporting.formats import (LATEX_PREAMBLE, LATEX_WIDTH_GUARD, MISSING, latex_escape, latex_stack,
+from mstnet.reporting.formats import (LATEX_PREAMBLE, MISSING, latex_escape, latex_float, latex_notes, latex_stack,
                                       markdown_stars, stars)
 from mstnet.reporting.results import Results
 from mstnet.reporting.table_data import (COLUMN_BY_KEY, classification_average, method_name, paired_predictions,
@@ -176,13 +176,9 @@ def ablation_latex(table: AblationTable) -> str:
         oracle, _, information = _oracle_text(row).partition(" ")
         body.append(latex_escape(row["experiment"]) + " & " + " & ".join(cells) + " & "
                     + latex_stack(latex_escape(oracle), latex_escape(information)) + r" \\")
-    return "\n".join([
-        LATEX_PREAMBLE, r"\begin{table}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
-        rf"\caption{{Ablations against {latex_escape(table.reference)}}}", LATEX_WIDTH_GUARD,
-        rf"\begin{{tabular}}{{l{'c' * (n_columns - 1)}}}",
-        r"\toprule", header, r"\midrule", *body, r"\bottomrule", r"\end{tabular}}",
-        r"\par\smallskip\parbox{\linewidth}{\tiny " + " ".join(latex_escape(n) for n in table.notes) + "}",
-        r"\end{table}", ""])
+    return "\n".join([LATEX_PREAMBLE, *latex_float(f"Ablations against {latex_escape(table.reference)}",
+                                                   f"l{'c' * (n_columns - 1)}", header, body, latex_notes(table.notes)),
+                      ""])
 
 
 def ablation_html(table: AblationTable) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mstnet.reporting.claims_table import ClaimsTable
-from mstnet.reporting.formats import LATEX_PREAMBLE, LATEX_WIDTH_GUARD, MISSING, latex_escape
+from mstnet.reporting.formats import LATEX_PREAMBLE, MISSING, latex_escape, latex_float, latex_notes
 from mstnet.reporting.plotting import figure_style, new_figure, save_figure
 
 CLAIM_HEADER: tuple[str, ...] = ("Claim", "Comparison", "Metric", "n", "Ceiling gap (pp)", "Measured gap (pp)",
@@ -60,13 +60,8 @@ def claims_latex(table: ClaimsTable) -> str:
     """The claims table as a booktabs LaTeX ``table`` (notes under it)."""
     header = " & ".join(latex_escape(name) for name in CLAIM_HEADER) + r" \\"
     body = [" & ".join(latex_escape(cell) for cell in claim_cells(row)) + r" \\" for _, row in table.frame.iterrows()]
-    return "\n".join([
-        LATEX_PREAMBLE, r"\begin{table}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
-        rf"\caption{{{latex_escape(CLAIMS_TITLE)}}}", LATEX_WIDTH_GUARD,
-        r"\begin{tabular}{lllrllllllp{5cm}}", r"\toprule", header, r"\midrule", *body, r"\bottomrule",
-        r"\end{tabular}}",
-        r"\par\smallskip\parbox{\linewidth}{\tiny " + " ".join(latex_escape(n) for n in table.notes) + "}",
-        r"\end{table}", ""])
+    return "\n".join([LATEX_PREAMBLE, *latex_float(latex_escape(CLAIMS_TITLE), "lllrllllllp{5cm}", header, body,
+                                                   latex_notes(table.notes)), ""])
 
 
 def claims_html(table: ClaimsTable) -> str:

@@ -6,6 +6,8 @@ The tables themselves render in :mod:`mstnet.reporting.paper_formats` (results t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -58,6 +60,20 @@ def latex_escape(text: str) -> str:
             out.append(LATEX_SPECIALS.get(ch, ch))
         i += 1
     return "".join(out)
+
+
+def latex_float(caption: str, column_spec: str, header: str, body: Sequence[str], footer: str) -> list[str]:
+    """The lines of one booktabs ``table`` float: ``caption`` (LaTeX already), a tabular of ``column_spec`` shrunk
+    only when wider than the text (:data:`LATEX_WIDTH_GUARD`) holding ``header`` and the ``body`` rows, and
+    ``footer`` under it."""
+    return [r"\begin{table}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}", rf"\caption{{{caption}}}",
+            LATEX_WIDTH_GUARD, rf"\begin{{tabular}}{{{column_spec}}}", r"\toprule", header, r"\midrule", *body,
+            r"\bottomrule", r"\end{tabular}}", footer, r"\end{table}"]
+
+
+def latex_notes(notes: Sequence[str]) -> str:
+    """The notes of a table as one tiny paragraph, for :func:`latex_float`'s ``footer``."""
+    return r"\par\smallskip\parbox{\linewidth}{\tiny " + " ".join(latex_escape(note) for note in notes) + "}"
 
 
 def latex_stack(first: str, *lines: str) -> str:

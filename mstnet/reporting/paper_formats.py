@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mstnet.reporting.formats import (LATEX_PREAMBLE, LATEX_WIDTH_GUARD, MISSING, latex_escape, latex_stack,
+from mstnet.reporting.formats import (LATEX_PREAMBLE, MISSING, latex_escape, latex_float, latex_stack,
                                       markdown_stars, stars)
 from mstnet.reporting.paper_table import PAIRED_TESTS, ResultsTable
 from mstnet.reporting.published import PUBLISHED_LABEL
@@ -186,10 +186,7 @@ def results_table_latex(table: ResultsTable) -> str:
         footer = (r"\par\smallskip\parbox{\linewidth}{\tiny " + notes + "}" if last else
                   r"\par\smallskip\parbox{\linewidth}{\tiny Cells, statistics and footnotes: see the notes under the "
                   + LATEX_TASK_TITLES[tasks[-1]] + " table.}")
-        blocks += [r"\begin{table}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
-                   rf"\caption{{{caption}}}", LATEX_WIDTH_GUARD,
-                   rf"\begin{{tabular}}{{l{'c' * len(indices)}}}", r"\toprule", header, r"\midrule", *body,
-                   r"\bottomrule", r"\end{tabular}}", footer, r"\end{table}"]
+        blocks += latex_float(caption, f"l{'c' * len(indices)}", header, body, footer)
     return "\n".join(blocks) + "\n"
 
 
