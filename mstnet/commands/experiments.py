@@ -1,4 +1,4 @@
-"""``mstnet list``, ``mstnet run NAME`` and ``mstnet reproduce paper-table|references``."""
+"""``mstnet list``, ``mstnet run NAME`` and ``mstnet reproduce paper-table|references|ablations|claims``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from mstnet.commands import LaunchRequest, with_launch_options
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -161,169 +163,179 @@ def write_report(runs_dir: Path, out: Path | None, with_published: bool) -> Path
     return index
 
 
+def list_command(
+    pattern: str = typer.Argument("*", help="fnmatch pattern on experiment names"),
+    group: str | None = typer.Option(None, help="paper-table, reference, ablation or extra"),
+    plain: bool = typer.Option(False, "--plain", help=PLAIN_HELP + ": name, group, tasks, Table-1 row, description"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " (the registry entries)"),
+) -> None:
+    """List registered experiments, baselines and ablations with a one-line description each."""
+    from mstnet.errors import UsageError
+    from mstnet.experiments.registry import list_experiments
+
+    specs = list_experiments(pattern, group=group)
+    if not specs and pattern != "*":
+        raise UsageError(f"no experiment matches {pattern!r}{f' in group {group!r}' if group else ''}; "
+                         "`mstnet list` shows all")
+    print_listing(["name", "group", "tasks", "Table-1 row", "description"],
+                  [[spec.name, spec.group, "+".join(spec.tasks), spec.table_row or "", spec.description]
+                   for spec in specs],
+                  [spec.metadata() for spec in specs], plain=plain, as_json=as_json,
+                  terminal_rows=[[spec.name, spec.group, "+".join(t[:3] for t in spec.tasks), spec.table_row or "",
+                                  spec.description] for spec in specs])
+
+
+def _with_best_params(options, name: str, preset: str, fold_list: list[int] | None, out: Path, study: str | None,
+                      storage: str | None):
+    """``options`` with each fold's best trial of its own Optuna study (``--params best``: nested tuning)."""
+    from dataclasses import replace
+
+    from mstnet.experiments.tuning import best_params_per_fold, default_storage
+
+    return replace(options, fold_params=best_params_per_fold(
+        name, preset, fold_list if fold_list is not None else range(options.preset.n_folds),
+        storage or default_storage(out, name), study_prefix=study))
+
+
+@with_launch_options
+def run_command(
+    name: str = typer.Argument(..., help="experiment name (see `mstnet list`)"),
+    data: Path | None = typer.Option(None, help="cohort folder (manifest, NLST layout, ...); default: the embedded synthetic cohort"),
+    synthetic: str | None = typer.Option(None, help="use the embedded synthetic cohort of this preset"),
+    preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
+    folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
+    out: Path = typer.Option(Path("runs"), help="results folder"),
+    set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
+    seed: int = typer.Option(0, help="seed of the folds"),
+    jobs: int = typer.Option(1, min=1, help="folds trained in parallel processes"),
+    seeds: int = SEEDS_OPTION,
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
+    params_from: str | None = typer.Option(None, "--params", help="'best': each fold gets the best trial of its own "
+                                           "Optuna study (nested tuning, `mstnet tune`; --study, --storage); --set still wins"),
+    study: str | None = typer.Option(None, help="study prefix for --params best: studies <prefix>-fold<k> "
+                                                "(default <name>-<preset>)"),
+    storage: str | None = typer.Option(None, help="storage for --params best (default OUT/<name>/tuning/study.db)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
+    export_masks: bool = typer.Option(False, "--export-masks", help="also write each evaluated fold's test "
+                                      "predictions to OUT/<name>/fold<k>/masks/: NIfTI masks in each scan's geometry "
+                                      "and probabilities.csv (the layout of `mstnet predict`, read by `mstnet evaluate`)"),
+    log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
+    launch: LaunchRequest = LaunchRequest(),
+) -> None:
+    """Train and evaluate one experiment on the cross-validation folds; finished folds are skipped."""
+    from dataclasses import replace
+
+    from mstnet.experiments.launcher import TasksFailed
+    from mstnet.experiments.registry import get_experiment
+    from mstnet.experiments.reproduce import prepare_runs, run_group
+    from mstnet.experiments.runner import experiment_dir
+
+    launcher = launch.make_launcher(out, device)
+    init_distributed()
+    spec = get_experiment(name)
+    # Under --launcher slurm each task resolves --device where it runs (a login node may have no GPU).
+    options = with_tracking(build_options(synthetic or preset, device if launcher is None else "cpu", epochs,
+                                          parse_assignments(set_), out, workers=workers), log_to, mlflow_uri)
+    options = replace(options, export_masks=export_masks) if export_masks else options
+    fold_list = parse_folds(folds)
+    if params_from is not None:
+        if params_from != "best":
+            raise typer.BadParameter(f"--params takes 'best'; got {params_from!r}")
+        options = _with_best_params(options, name, synthetic or preset, fold_list, out, study, storage)
+    prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
+    try:
+        run_group(prepared, [spec], options, folds=fold_list, jobs=jobs, overwrite=overwrite, launcher=launcher,
+                  seeds=seeds)
+    except TasksFailed as failed:
+        report_failed_tasks(failed)
+    console.print(f"results in {experiment_dir(out, spec.name)}")
+
+
+def reproduce_plan(target: str, preset: str, data: Path | None, synthetic: str | None,
+                   out: Path | None) -> tuple[str | None, Path]:
+    """The synthetic cohort a reproduction uses without ``--data`` (None: the size preset's) and its results folder.
+
+    ``claims`` runs on the signal-controlled ``claims`` cohort unless ``--synthetic`` or ``--data``
+    says otherwise. The default folder is ``runs/<target>-<preset>[-<cohort>]``, the cohort named
+    when it is not the size preset's: ``runs/claims-cpu-claims``, and ``runs/claims-cpu`` with
+    ``--synthetic cpu``.
+    """
+    targets = sorted([*REPRODUCIBLE_GROUPS, CLAIMS_TARGET])
+    if target not in targets:
+        raise typer.BadParameter(f"target must be one of {', '.join(targets)}; got {target!r}")
+    if data is not None and synthetic is not None:
+        raise typer.BadParameter("--data and --synthetic name two cohorts; give one")
+    cohort_preset = synthetic or (CLAIMS_COHORT if target == CLAIMS_TARGET and data is None else None)
+    cohort_tag = f"-{cohort_preset}" if cohort_preset not in (None, preset) else ""
+    return cohort_preset, out or Path("runs") / f"{target}-{preset}{cohort_tag}"
+
+
+def reproduce_specs(target: str) -> list:
+    """The experiments a reproduction target runs (``ablations``: MST-Net first, then every ablation)."""
+    from mstnet.experiments.registry import list_experiments
+    from mstnet.experiments.reproduce import claims_experiments
+
+    if target == CLAIMS_TARGET:
+        return claims_experiments()
+    specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
+    return list_experiments("mstnet") + specs if target == "ablations" else specs
+
+
+@with_launch_options
+def reproduce_command(
+    target: str = typer.Argument("paper-table", help="paper-table, references, ablations or claims"),
+    preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
+    data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
+    synthetic: str | None = typer.Option(None, help="embedded synthetic cohort to use without --data: a synthetic "
+                                         "preset (default: the size preset's; for claims, the signal-controlled "
+                                         "'claims' cohort; --synthetic cpu runs the claims on the default cohort)"),
+    out: Path | None = typer.Option(None, help="results folder (default runs/<target>-<preset>[-<cohort>])"),
+    report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
+    folds: str | None = typer.Option(None, help="comma-separated folds (default: all five)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
+    with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
+    seed: int = typer.Option(0, help="seed of the folds"),
+    jobs: int | None = typer.Option(None, min=1, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
+    seeds: int = SEEDS_OPTION,
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
+    log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
+    launch: LaunchRequest = LaunchRequest(),
+) -> None:
+    """Run every experiment of a table on the same folds, then write the tables and figures."""
+    from mstnet.experiments.launcher import TasksFailed
+    from mstnet.experiments.reproduce import prepare_runs, run_group
+
+    cohort_preset, out = reproduce_plan(target, preset, data, synthetic, out)
+    launcher = launch.make_launcher(out, device)
+    init_distributed()
+    clock = time.perf_counter()
+    options = with_tracking(build_options(preset, device if launcher is None else "cpu", epochs, {}, out,
+                                          workers=workers), log_to, mlflow_uri)
+    prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks,
+                            synthetic=cohort_preset)
+    specs = reproduce_specs(target)
+    console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "
+                  f"{f'x {seeds} seeds ' if seeds > 1 else ''}"
+                  f"on {len(prepared.cohort)} patients -> {out}")
+    published = with_published and target == "paper-table"
+    try:
+        run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs,
+                  overwrite=overwrite, launcher=launcher, seeds=seeds)
+    except TasksFailed as failed:
+        report_failed_tasks(failed, out, report_out, with_published=published)
+    write_report(out, report_out, with_published=published)
+    console.print(f"wall time {time.perf_counter() - clock:.0f} s")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    @app.command("list")
-    def list_command(
-        pattern: str = typer.Argument("*", help="fnmatch pattern on experiment names"),
-        group: str | None = typer.Option(None, help="paper-table, reference, ablation or extra"),
-        plain: bool = typer.Option(False, "--plain", help=PLAIN_HELP + ": name, group, tasks, Table-1 row, description"),
-        as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " (the registry entries)"),
-    ) -> None:
-        """List registered experiments, baselines and ablations with a one-line description each."""
-        from mstnet.errors import UsageError
-        from mstnet.experiments.registry import list_experiments
-
-        specs = list_experiments(pattern, group=group)
-        if not specs and pattern != "*":
-            raise UsageError(f"no experiment matches {pattern!r}{f' in group {group!r}' if group else ''}; "
-                             "`mstnet list` shows all")
-        print_listing(["name", "group", "tasks", "Table-1 row", "description"],
-                      [[spec.name, spec.group, "+".join(spec.tasks), spec.table_row or "", spec.description]
-                       for spec in specs],
-                      [spec.metadata() for spec in specs], plain=plain, as_json=as_json,
-                      terminal_rows=[[spec.name, spec.group, "+".join(t[:3] for t in spec.tasks), spec.table_row or "",
-                                      spec.description] for spec in specs])
-
-    @app.command("run")
-    def run_command(
-        name: str = typer.Argument(..., help="experiment name (see `mstnet list`)"),
-        data: Path | None = typer.Option(None, help="cohort folder (manifest, NLST layout, ...); default: the embedded synthetic cohort"),
-        synthetic: str | None = typer.Option(None, help="use the embedded synthetic cohort of this preset"),
-        preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
-        folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
-        device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
-        out: Path = typer.Option(Path("runs"), help="results folder"),
-        set_: list[str] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
-        seed: int = typer.Option(0, help="seed of the folds"),
-        jobs: int = typer.Option(1, min=1, help="folds trained in parallel processes"),
-        seeds: int = SEEDS_OPTION,
-        workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
-        params_from: str | None = typer.Option(None, "--params", help="'best': each fold gets the best trial of its own "
-                                               "Optuna study (nested tuning, `mstnet tune`; --study, --storage); --set still wins"),
-        study: str | None = typer.Option(None, help="study prefix for --params best: studies <prefix>-fold<k> "
-                                                    "(default <name>-<preset>)"),
-        storage: str | None = typer.Option(None, help="storage for --params best (default OUT/<name>/tuning/study.db)"),
-        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
-        export_masks: bool = typer.Option(False, "--export-masks", help="also write each evaluated fold's test "
-                                          "predictions to OUT/<name>/fold<k>/masks/: NIfTI masks in each scan's geometry "
-                                          "and probabilities.csv (the layout of `mstnet predict`, read by `mstnet evaluate`)"),
-        log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
-        mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
-        launcher: str = LAUNCHER_OPTION,
-        launcher_config: Path | None = LAUNCHER_CONFIG_OPTION,
-        partition: str | None = PARTITION_OPTION,
-        gpus_per_task: int | None = GPUS_OPTION,
-        cpus_per_task: int | None = CPUS_OPTION,
-        mem_gb: float | None = MEM_OPTION,
-        time_limit: str | None = TIME_OPTION,
-        sbatch: list[str] = SBATCH_OPTION,
-    ) -> None:
-        """Train and evaluate one experiment on the cross-validation folds; finished folds are skipped."""
-        from mstnet.experiments.launcher import TasksFailed, make_launcher
-        from mstnet.experiments.registry import get_experiment
-        from mstnet.experiments.reproduce import prepare_runs, run_group
-        from mstnet.experiments.runner import experiment_dir
-
-        launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
-                               mem_gb, time_limit, sbatch)
-        init_distributed()
-        spec = get_experiment(name)
-        params = parse_assignments(set_)
-        # Under --launcher slurm each task resolves --device where it runs (a login node may have no GPU).
-        options = with_tracking(build_options(synthetic or preset, device if launch is None else "cpu", epochs, params,
-                                              out, workers=workers), log_to, mlflow_uri)
-        if export_masks:
-            import dataclasses
-
-            options = dataclasses.replace(options, export_masks=True)
-        fold_list = parse_folds(folds)
-        if params_from is not None:
-            if params_from != "best":
-                raise typer.BadParameter(f"--params takes 'best'; got {params_from!r}")
-            from dataclasses import replace
-
-            from mstnet.experiments.tuning import best_params_per_fold, default_storage
-
-            options = replace(options, fold_params=best_params_per_fold(
-                name, synthetic or preset, fold_list if fold_list is not None else range(options.preset.n_folds),
-                storage or default_storage(out, name), study_prefix=study))
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
-        try:
-            run_group(prepared, [spec], options, folds=fold_list, jobs=jobs, overwrite=overwrite, launcher=launch,
-                      seeds=seeds)
-        except TasksFailed as failed:
-            report_failed_tasks(failed)
-        console.print(f"results in {experiment_dir(out, spec.name)}")
-
-    @app.command("reproduce")
-    def reproduce_command(
-        target: str = typer.Argument("paper-table", help="paper-table, references, ablations or claims"),
-        preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
-        data: Path | None = typer.Option(None, help="cohort folder; default: the embedded synthetic cohort"),
-        synthetic: str | None = typer.Option(None, help="embedded synthetic cohort to use without --data: a synthetic "
-                                             "preset (default: the size preset's; for claims, the signal-controlled "
-                                             "'claims' cohort; --synthetic cpu runs the claims on the default cohort)"),
-        out: Path | None = typer.Option(None, help="results folder (default runs/<target>-<preset>)"),
-        report_out: Path | None = typer.Option(None, "--report", help="report folder (default reports/<results folder name>)"),
-        folds: str | None = typer.Option(None, help="comma-separated folds (default: all five)"),
-        device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
-        with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
-        seed: int = typer.Option(0, help="seed of the folds"),
-        jobs: int | None = typer.Option(None, min=1, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
-        seeds: int = SEEDS_OPTION,
-        workers: int = typer.Option(0, min=0, help="DataLoader worker processes per training process (results do not depend on it)"),
-        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-        binarize_masks: str | None = typer.Option(None, "--binarize-masks", help=BINARIZE_HELP),
-        log_to: list[str] = typer.Option(None, "--log", help=LOG_HELP),
-        mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_URI_HELP),
-        launcher: str = LAUNCHER_OPTION,
-        launcher_config: Path | None = LAUNCHER_CONFIG_OPTION,
-        partition: str | None = PARTITION_OPTION,
-        gpus_per_task: int | None = GPUS_OPTION,
-        cpus_per_task: int | None = CPUS_OPTION,
-        mem_gb: float | None = MEM_OPTION,
-        time_limit: str | None = TIME_OPTION,
-        sbatch: list[str] = SBATCH_OPTION,
-    ) -> None:
-        """Run every experiment of a table on the same folds, then write the tables and figures."""
-        from mstnet.experiments.launcher import TasksFailed, make_launcher
-        from mstnet.experiments.registry import list_experiments
-        from mstnet.experiments.reproduce import prepare_runs, run_group
-
-        targets = sorted([*REPRODUCIBLE_GROUPS, CLAIMS_TARGET])
-        if target not in targets:
-            raise typer.BadParameter(f"target must be one of {', '.join(targets)}; got {target!r}")
-        if data is not None and synthetic is not None:
-            raise typer.BadParameter("--data and --synthetic name two cohorts; give one")
-        cohort_preset = synthetic or (CLAIMS_COHORT if target == CLAIMS_TARGET and data is None else None)
-        cohort_tag = f"-{cohort_preset}" if cohort_preset not in (None, preset) else ""
-        out = out or Path("runs") / f"{target}-{preset}{cohort_tag}"
-        launch = make_launcher(launcher, out, device, launcher_config, partition, gpus_per_task, cpus_per_task,
-                               mem_gb, time_limit, sbatch)
-        init_distributed()
-        clock = time.perf_counter()
-        options = with_tracking(build_options(preset, device if launch is None else "cpu", epochs, {}, out,
-                                              workers=workers), log_to, mlflow_uri)
-        prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks,
-                                synthetic=cohort_preset)
-        if target == CLAIMS_TARGET:
-            from mstnet.experiments.reproduce import claims_experiments
-
-            specs = claims_experiments()
-        else:
-            specs = list_experiments(group=REPRODUCIBLE_GROUPS[target])
-        if target == "ablations":
-            specs = list_experiments("mstnet") + specs
-        console.print(f"{len(specs)} experiments x {len(parse_folds(folds) or range(prepared.splits.n_folds))} folds "
-                      f"{f'x {seeds} seeds ' if seeds > 1 else ''}"
-                      f"on {len(prepared.cohort)} patients -> {out}")
-        try:
-            run_group(prepared, specs, options, folds=parse_folds(folds), jobs=jobs or options.preset.jobs,
-                      overwrite=overwrite, launcher=launch, seeds=seeds)
-        except TasksFailed as failed:
-            report_failed_tasks(failed, out, report_out, with_published=with_published and target == "paper-table")
-        write_report(out, report_out, with_published=with_published and target == "paper-table")
-        console.print(f"wall time {time.perf_counter() - clock:.0f} s")
+    app.command("list")(list_command)
+    app.command("run")(run_command)
+    app.command("reproduce")(reproduce_command)
