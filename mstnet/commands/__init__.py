@@ -5,7 +5,8 @@ Typer ``app`` or to one of the sub-command ``groups`` (``data``, ``model``). The
 the modules by listing this package, so adding a command never edits a shared file.
 
 Shared by the command modules: :func:`with_launch_options` gives a command the ``--launcher``
-option and the SLURM settings (docs/slurm.md) as one :class:`LaunchRequest` argument.
+option and the SLURM settings (docs/slurm.md) as one :class:`LaunchRequest` argument;
+:func:`key_value_pairs` splits the ``--set key=value`` options.
 """
 
 from __future__ import annotations
@@ -16,6 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+
+def key_value_pairs(items: list[str] | None, hint: str = "") -> dict[str, str]:
+    """``["a=1", "b.c=[2, 3]"]`` -> ``{"a": "1", "b.c": "[2, 3]"}`` (keys stripped; ``--set`` without ``=`` refused)."""
+    import typer
+
+    pairs: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set takes key=value{hint}; got {item!r}")
+        key, value = item.split("=", 1)
+        pairs[key.strip()] = value
+    return pairs
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mstnet.commands import LaunchRequest, with_launch_options
+from mstnet.commands import LaunchRequest, key_value_pairs, with_launch_options
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -37,14 +37,11 @@ def parse_folds(text: str | None) -> list[int] | None:
 def parse_assignments(items: list[str] | None) -> dict[str, Any]:
     """``["learning_rate=3e-4", "stages=joint"]`` -> typed dict (JSON values where they parse)."""
     params: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set takes key=value; got {item!r}")
-        key, raw = item.split("=", 1)
+    for key, raw in key_value_pairs(items).items():
         try:
-            params[key.strip()] = json.loads(raw)
+            params[key] = json.loads(raw)
         except json.JSONDecodeError:
-            params[key.strip()] = raw
+            params[key] = raw
     if isinstance(params.get("stages"), str):
         params["stages"] = tuple(params["stages"].split(","))
     return params

@@ -9,18 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mstnet.commands import key_value_pairs
+
 console = Console()
 
 
 def parse_settings(items: list[str] | None) -> dict[str, str]:
     """``["growth.malignant_vdt_sigma=0.7", "shape=[16,64,64]"]`` -> ``{key: raw value}`` (typed by the config)."""
-    settings: dict[str, str] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set takes key=value (dotted keys for nested parameters); got {item!r}")
-        key, value = item.split("=", 1)
-        settings[key.strip()] = value.strip()
-    return settings
+    return {key: value.strip() for key, value in key_value_pairs(items, " (dotted keys for nested parameters)").items()}
 
 
 def oracle_table(report: dict) -> Table:
