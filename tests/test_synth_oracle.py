@@ -14,10 +14,11 @@ from sklearn.metrics import roc_auc_score
 
 from mstnet.information import INFORMATION_KEYS, parse_information_key
 from mstnet.synth import draw_cohort_table, synth_config
-from mstnet.synth.information_sets import (DaysToRound, InformationOracle, _atoms, _hidden_term_distribution, _HiddenTerms,
-                                           _interval_moments, _observed)
+from mstnet.synth.information_sets import InformationOracle
+from mstnet.synth.information_terms import _atoms, _hidden_term_distribution, _HiddenTerms, _observed
 from mstnet.synth.oracle import ORACLE_KEYS, oracle_aucs, oracle_report, oracle_scores, stored_scores, synth_config_from_json
 from mstnet.synth.risk import BROCK_COEFFICIENTS, LN2, TEXTURES, GrowthModel, brock_logit, brock_terms, solve_offset, texture_class
+from mstnet.synth.scan_likelihoods import DaysToRound, _interval_moments
 from mstnet.synth.shape_bank import build_shape_bank
 
 SAMPLE_PATIENTS = 30_000

@@ -23,9 +23,9 @@ import pandas as pd
 from scipy.special import expit
 
 from mstnet.synth.config import SynthConfig
-from mstnet.synth.information_sets import MIN_INTERVAL_DAYS
 from mstnet.synth.oracle import ORACLE_KEYS, oracle_scores
 from mstnet.synth.risk import brock_logit, brock_terms, solve_offset, texture_class, vdt_days
+from mstnet.synth.scan_likelihoods import MIN_INTERVAL_DAYS
 from mstnet.synth.shape_bank import ShapeBank
 
 SCREENING_POSITIVE_DIAMETER_MM = 4.0
