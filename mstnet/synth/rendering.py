@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from mstnet.synth.config import SynthConfig
-from mstnet.synth.thorax import ThoraxAnatomy, WorldTexture, lung_mask_2d, make_anatomy, render_thorax
+from mstnet.synth.thorax import ThoraxAnatomy, WorldTexture, lung_mask_2d, make_anatomy
+from mstnet.synth.thorax_image import render_thorax
 
 BANK_FIELD_SIGMA_VOXELS = 0.7
 """Gaussian sd (bank voxels) that smooths the binary LIDC shape into the field that is resampled and thresholded."""
