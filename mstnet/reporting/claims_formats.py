@@ -11,11 +11,13 @@ import pandas as pd
 
 from mstnet.reporting.claims_table import ClaimsTable
 from mstnet.reporting.formats import LATEX_PREAMBLE, MISSING, latex_escape, latex_float, latex_notes
-from mstnet.reporting.plotting import figure_style, new_figure, save_figure
+from mstnet.reporting.plotting import figure_style, new_figure, palette, save_figure
 
 CLAIM_HEADER: tuple[str, ...] = ("Claim", "Comparison", "Metric", "n", "Ceiling gap (pp)", "Measured gap (pp)",
                                  "p", "Verdict", "Ceiling verdict", "Agrees", "Note")
 METRIC_LABELS = {"auc": "AUC", "dice": "Dice"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One marker per experiment, so points that nearly coincide stay apart."""
 
 
 def _gap_text(row: pd.Series, prefix: str) -> str:
@@ -97,12 +99,12 @@ def claims_figure(table: ClaimsTable, out_dir: str | Path) -> list[Path]:
         axis = figure.add_subplot()
         low = min(0.5, float(ranks[["auc", "ceiling"]].min().min()) - 0.02)
         axis.plot([low, 1.0], [low, 1.0], color="0.6", linestyle="--", linewidth=1, label="measured = ceiling")
-        axis.scatter(ranks["ceiling"], ranks["auc"], color="tab:blue", zorder=3)
-        for _, row in ranks.iterrows():
-            axis.annotate(f"{row['experiment']}\n({row['information']})", (row["ceiling"], row["auc"]), fontsize=7,
-                          xytext=(4, 4), textcoords="offset points")
+        colours = palette(list(ranks["experiment"]))
+        for index, row in enumerate(ranks.itertuples()):
+            axis.scatter(row.ceiling, row.auc, color=colours[row.experiment], marker=MARKERS[index % len(MARKERS)],
+                         s=60, zorder=3, label=f"{row.experiment} ({row.information})")
         tau = "n/a" if math.isnan(table.kendall_tau) else f"{table.kendall_tau:.2f}"
         axis.set(xlim=(low, 1.0), ylim=(low, 1.0), xlabel="ceiling: oracle AUC of the inputs it sees",
                  ylabel="measured AUC (pooled out-of-fold)", title=f"Measured AUC vs ceiling (Kendall's tau {tau})")
-        axis.legend(loc="lower right")
+        axis.legend(loc="upper left", fontsize=8)
         return save_figure(figure, Path(out_dir), "claims_auc_vs_ceiling")

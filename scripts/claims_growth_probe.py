@@ -1,0 +1,76 @@
+"""Does a trained model's own segmentation carry the growth signal the spatiotemporal claim rests on?
+
+For every patient of a synthetic cohort, the volume of the predicted mask at the two latest
+rounds (from ``mstnet predict`` of each fold, read out-of-fold: fold k's checkpoint for fold k's
+test patients) gives a growth estimate log(V_T2 / V_T1). Its AUC is printed beside the AUC of the
+true growth, of the ground-truth masks' growth and of the oracle ceilings, with the error of the
+estimate. If the predicted growth separates the classes much worse than the true growth, no
+classifier on that segmentation can show the spatiotemporal claim: the volume measurement is
+too imprecise, whatever the fusion does.
+
+Usage (after ``mstnet reproduce claims``)::
+
+    for k in 0 1 2 3 4; do
+      mstnet predict runs/claims-cpu-claims --experiment mstnet --fold $k --data COHORT --out pred/fold$k
+    done
+    python scripts/claims_growth_probe.py runs/claims-cpu-claims pred COHORT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+EMPTY_MASK_VOLUME_MM3 = 1.0
+"""Added to both volumes of the predicted growth, so an empty prediction gives a finite ratio."""
+
+
+def predicted_volumes(runs_dir: Path, predictions: Path, rounds: tuple[str, str]) -> pd.DataFrame:
+    """Out-of-fold predicted mask volume (mm^3) of each test patient at the two rounds."""
+    splits = json.loads((runs_dir / "splits.json").read_text())
+    rows = []
+    for fold in splits["folds"]:
+        for patient in fold["test"]:
+            row = {"patient_id": patient, "fold": fold["fold"]}
+            for timepoint in rounds:
+                image = nib.load(predictions / f"fold{fold['fold']}" / f"{patient}_{timepoint}.nii.gz")
+                voxel = float(np.prod(image.header.get_zooms()[:3]))
+                row[f"predicted_{timepoint}"] = float(np.asarray(image.dataobj).astype(bool).sum()) * voxel
+            rows.append(row)
+    return pd.DataFrame(rows).set_index("patient_id")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("predictions", type=Path, help="folder with fold<k>/ outputs of mstnet predict --fold k")
+    parser.add_argument("cohort", type=Path, help="the synthetic cohort folder (ground_truth.csv)")
+    parser.add_argument("--rounds", default="T1,T2", help="the two rounds compared (default T1,T2)")
+    args = parser.parse_args()
+    first, last = args.rounds.split(",")
+    truth = pd.read_csv(args.cohort / "ground_truth.csv", dtype={"patient_id": str}).set_index("patient_id")
+    frame = predicted_volumes(args.runs_dir, args.predictions, (first, last)).join(truth)
+    frame["predicted_growth"] = np.log((frame[f"predicted_{last}"] + EMPTY_MASK_VOLUME_MM3)
+                                       / (frame[f"predicted_{first}"] + EMPTY_MASK_VOLUME_MM3))
+    frame["mask_growth"] = np.log(frame[f"mask_volume_{last}_mm3"] / frame[f"mask_volume_{first}_mm3"])
+    frame["true_growth"] = np.log(frame[f"volume_{last}_mm3"] / frame[f"volume_{first}_mm3"])
+    labels = frame["label"]
+    print(f"{len(frame)} patients, {int(labels.sum())} malignant")
+    for column in ("true_growth", "mask_growth", "predicted_growth", "oracle_scans2", "oracle_scans1"):
+        print(f"AUC of {column:17s} {roc_auc_score(labels, frame[column]):.3f}")
+    error = frame["predicted_growth"] - frame["true_growth"]
+    print(f"Spearman (predicted, true growth) {spearmanr(frame['predicted_growth'], frame['true_growth']).statistic:.3f}")
+    print(f"sd of the growth error {error.std():.3f} (log), sd of the true growth {frame['true_growth'].std():.3f}")
+    print(f"empty predicted masks: {int((frame[f'predicted_{first}'] == 0).sum())} at {first}, "
+          f"{int((frame[f'predicted_{last}'] == 0).sum())} at {last}")
+
+
+if __name__ == "__main__":
+    main()
