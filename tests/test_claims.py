@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from mstnet.claims import CLAIM_EXPERIMENTS, CLAIMS
 from mstnet.metrics.claims import (CONTRADICTED, NOT_DETECTED, NOT_TESTABLE, SUPPORTED, claim_verdict,
                                    paired_auc_power)
-from mstnet.reporting.build import build_report
+from mstnet.reporting.build import claims_sections
 from mstnet.reporting.claims_formats import claims_csv, claims_markdown
 from mstnet.reporting.claims_table import claims_table
 from mstnet.reporting.results import load_results
@@ -57,7 +57,7 @@ def _binormal_auc_difference_sd(separation: float, n_positive: float, n_negative
 
 def test_power_simulation_matches_the_closed_form_in_a_binormal_case():
     rng = np.random.default_rng(0)
-    population, separation, n_patients, prevalence = 100_000, 0.55, 120, 0.4
+    population, separation, n_patients, prevalence = 50_000, 0.55, 120, 0.4
     labels = (rng.random(population) < prevalence).astype(int)
     # probabilities as the test takes them: a monotone map of the binormal scores leaves every AUC unchanged
     scores_a = special.expit(separation * labels + rng.standard_normal(population))
@@ -66,7 +66,7 @@ def test_power_simulation_matches_the_closed_form_in_a_binormal_case():
     sd = _binormal_auc_difference_sd(separation, prevalence * n_patients, (1 - prevalence) * n_patients)
     z = stats.norm.ppf(0.975)
     closed_form = stats.norm.cdf(gap / sd - z)
-    estimate = paired_auc_power(labels, scores_a, scores_b, n_patients, n_cohorts=1500, seed=1)
+    estimate = paired_auc_power(labels, scores_a, scores_b, n_patients, n_cohorts=800, seed=1)
     assert 0.3 < closed_form < 0.9  # a case where power is neither trivial nor certain
     assert estimate.power == pytest.approx(closed_form, abs=3 * estimate.standard_error + 0.03)
     assert estimate.mean_gap == pytest.approx(gap, abs=0.01)
@@ -80,7 +80,7 @@ def test_power_of_a_null_comparison_stays_near_half_the_level():
     # B equals A: the test never finds a gap; A against an equally good, independent predictor: one-sided 2.5%
     assert paired_auc_power(labels, signal, signal, 100, n_cohorts=200).power == 0.0
     twin = special.expit(labels + rng.standard_normal(50_000))
-    estimate = paired_auc_power(labels, signal, twin, 100, n_cohorts=1000, seed=3)
+    estimate = paired_auc_power(labels, signal, twin, 100, n_cohorts=600, seed=3)
     assert estimate.power == pytest.approx(0.025, abs=0.02)
 
 
@@ -191,12 +191,14 @@ def test_ranking_check_is_kendalls_tau_of_measured_auc_against_ceiling(claim_run
 
 def test_claims_table_is_written_in_every_format_with_its_figure(claim_runs, tmp_path):
     runs_dir, _ = claim_runs
-    build_report(runs_dir, tmp_path / "report", n_resamples=50)
+    sections = claims_sections(load_results(runs_dir), tmp_path / "report", tmp_path / "report" / "figures",
+                               n_resamples=200)
+    assert [section.title for section in sections] == ["Claims table", "Claims: measured AUC against ceiling"]
     for suffix in ("md", "csv", "tex", "html"):
         assert (tmp_path / "report" / f"claims_table.{suffix}").stat().st_size > 0
     assert (tmp_path / "report" / "figures" / "claims_auc_vs_ceiling.png").exists()
     written = pd.read_csv(tmp_path / "report" / "claims_table.csv")
-    table = claims_table(load_results(runs_dir), n_resamples=1000)
+    table = claims_table(load_results(runs_dir), n_resamples=200)
     assert len(written) == len(table.frame)
     assert np.allclose(written["measured_gap"], table.frame["measured_gap"])
     markdown = claims_markdown(table)

@@ -101,6 +101,24 @@ def write_performance(benchmark_files: Sequence[str | Path], out_dir: str | Path
     return files, body
 
 
+def claims_sections(results: Results, out_dir: Path, figure_dir: Path, n_resamples: int = 1000,
+                    seed: int = 0) -> list[Section]:
+    """Write ``claims_table.{md,csv,tex,html}``, ``claims_ranking.csv`` and the claims figure; their report sections
+    (none when the results hold no claim's two experiments)."""
+    claims = claims_table(results, n_resamples, seed)
+    if claims is None:
+        return []
+    body = claims_html(claims)
+    files = _write_table_files(out_dir, "claims_table", "Claims", claims_markdown(claims), claims_csv(claims),
+                               claims_latex(claims), body)
+    files.append(write_text_atomic(out_dir / "claims_ranking.csv", ranking_csv(claims)))
+    sections = [Section("Claims table", body, files)]
+    figure = claims_figure(claims, figure_dir)
+    if figure:
+        sections.append(Section("Claims: measured AUC against ceiling", figures=report_figures.png_paths(figure)))
+    return sections
+
+
 def _table_sections(results: Results, out_dir: Path, figure_dir: Path, reference: str, n_resamples: int, seed: int,
                     with_published: bool) -> tuple[list[Section], AblationTable | None]:
     """The sections of the tables (Table 1, references, ablations, claims with their figure) and of the oracle
@@ -120,16 +138,7 @@ def _table_sections(results: Results, out_dir: Path, figure_dir: Path, reference
         files = _write_table_files(out_dir, "ablation_table", "Ablations", ablation_markdown(ablations),
                                    ablation_csv(ablations), ablation_latex(ablations), body)
         sections.append(Section("Ablation table", body, files))
-    claims = claims_table(results, n_resamples, seed)
-    if claims is not None:
-        body = claims_html(claims)
-        files = _write_table_files(out_dir, "claims_table", "Claims", claims_markdown(claims), claims_csv(claims),
-                                   claims_latex(claims), body)
-        files.append(write_text_atomic(out_dir / "claims_ranking.csv", ranking_csv(claims)))
-        sections.append(Section("Claims table", body, files))
-        figure = claims_figure(claims, figure_dir)
-        if figure:
-            sections.append(Section("Claims: measured AUC against ceiling", figures=report_figures.png_paths(figure)))
+    sections += claims_sections(results, out_dir, figure_dir, n_resamples, seed)
     if results.oracle:
         sections.append(Section("Oracle ceilings", key_value_table(
             "AUC of the known generating risk per information subset (oracle.json)",
