@@ -119,7 +119,25 @@ class TasksFailed(RuntimeError):
         return "\n".join(lines)
 
 
+LOG_SETTLE_S = 3.0
+"""How long a failed task's log may still grow after its state reads failed: the task writes its result (the
+state) before the Python traceback reaches stderr, so the log is read once its size has stopped changing."""
+
+
+def _settled_size(path: Path, timeout_s: float = LOG_SETTLE_S, poll_s: float = 0.2) -> None:
+    """Wait (at most ``timeout_s``) until ``path``'s size is the same in two reads ``poll_s`` apart."""
+    deadline = time.monotonic() + timeout_s
+    previous = -1
+    while time.monotonic() < deadline:
+        size = path.stat().st_size if path.exists() else -1
+        if size == previous:
+            return
+        previous = size
+        time.sleep(poll_s)
+
+
 def _tail(path: Path, lines: int = ERROR_LINES) -> tuple[str, ...]:
+    _settled_size(Path(path))
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
