@@ -368,3 +368,14 @@ def test_every_fold_writes_train_log_and_its_complete_model_configuration(capsys
     tabular = json.loads((out / "logreg-clinical" / "fold0" / "config.json").read_text())
     assert tabular["model"]["settings"] == {"C": 0.5, "seed": 0} and tabular["recipe"] is None
     assert "fitting" in (out / "logreg-clinical" / "fold0" / "train.log").read_text()
+
+
+def test_claims_inputs_that_contradict_or_do_not_parse_exit_2_before_anything_is_written(capsys, tmp_path):
+    code, stderr = _run_cli(capsys, "reproduce", "claims", "--data", str(tmp_path / "cohort"), "--synthetic", "cpu",
+                            "--out", str(tmp_path / "runs"))
+    assert code == 2 and "--data and --synthetic name two cohorts" in _one_error_line(stderr)
+    code, stderr = _run_cli(capsys, "data", "power", "--sizes", "150,abc", "--out", str(tmp_path / "power.csv"))
+    assert code == 2 and "abc" in _one_error_line(stderr)
+    code, stderr = _run_cli(capsys, "data", "power", "--preset", "nosuch", "--out", str(tmp_path / "power.csv"))
+    assert code == 2 and "unknown synthetic-cohort preset 'nosuch'" in _one_error_line(stderr)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "power.csv").exists()

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from mstnet.claims import CLAIMS, Claim
-from mstnet.metrics import (bootstrap_mean_ci, classification_metric_samples, delong_test, patient_draws,
+from mstnet.metrics import (bootstrap_mean_ci, classification_metric_samples, delong_test, patient_draws, roc_auc,
                             percentile_interval, wilcoxon_per_patient)
 from mstnet.metrics.claims import NOT_TESTABLE, SIGNIFICANCE, SUPPORTED, claim_verdict
 from mstnet.reporting.results import Results
@@ -118,7 +118,7 @@ def _auc_row(results: Results, claim: Claim, posteriors: pd.DataFrame | None, n_
         missing = ceiling.loc[ceiling[columns].isna().any(axis=1), "patient_id"].iloc[0]
         raise ValueError(f"patient {missing!r} has no oracle posterior in {ORACLE_POSTERIORS_FILE}")
     if claim.ceiling[0] == claim.ceiling[1]:
-        auc = delong_test(labels, ceiling[columns[0]], ceiling[columns[0]])["auc_a"]
+        auc = roc_auc(labels, ceiling[columns[0]])
         row.update(ceiling_better=auc, ceiling_worse=auc, ceiling_gap=0.0, ceiling_ci_low=0.0, ceiling_ci_high=0.0,
                    ceiling_p=1.0, note=row["note"] or "same information set: the ceilings are equal by construction; "
                                                        "a gap reflects the processing, not the information")
@@ -164,8 +164,8 @@ def ranking(results: Results, posteriors: pd.DataFrame | None, experiments: list
         ceiling = math.nan
         if posteriors is not None and column in posteriors:
             merged = predicted[["patient_id", "label"]].merge(posteriors[["patient_id", column]], on="patient_id")
-            ceiling = delong_test(merged["label"], merged[column], merged[column])["auc_a"]
-        auc = delong_test(predicted["label"], predicted["probability"], predicted["probability"])["auc_a"]
+            ceiling = roc_auc(merged["label"], merged[column])
+        auc = roc_auc(predicted["label"], predicted["probability"])
         rows.append({"experiment": name, "information": information, "ceiling": ceiling, "auc": auc})
     return pd.DataFrame(rows, columns=["experiment", "information", "ceiling", "auc"])
 
