@@ -4,6 +4,7 @@ table's numbers against the run files (recomputed here with scikit-learn, scipy 
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -209,3 +210,11 @@ def test_claims_table_is_written_in_every_format_with_its_figure(claim_runs, tmp
 def test_no_claims_table_without_a_claims_pair(tmp_path):
     runs_dir = write_fake_runs(tmp_path / "runs", CLAIM_RUNS[:1], n_patients=20)
     assert claims_table(load_results(runs_dir)) is None
+
+
+def test_a_patient_missing_from_the_oracle_posteriors_is_named(claim_runs, tmp_path):
+    runs_dir, posteriors = claim_runs
+    copied = shutil.copytree(runs_dir, tmp_path / "runs")
+    posteriors[posteriors["patient_id"] != "P017"].to_csv(copied / ORACLE_POSTERIORS_FILE, index=False)
+    with pytest.raises(ValueError, match=r"patient 'P017' has no oracle posterior in oracle_posteriors.csv"):
+        claims_table(load_results(copied), n_resamples=20)

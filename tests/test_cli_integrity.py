@@ -379,3 +379,13 @@ def test_claims_inputs_that_contradict_or_do_not_parse_exit_2_before_anything_is
     code, stderr = _run_cli(capsys, "data", "power", "--preset", "nosuch", "--out", str(tmp_path / "power.csv"))
     assert code == 2 and "unknown synthetic-cohort preset 'nosuch'" in _one_error_line(stderr)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "power.csv").exists()
+
+
+def test_run_takes_synthetic_as_the_cohort_and_refuses_it_beside_data(capsys, tmp_path):
+    code, stderr = _run_cli(capsys, "run", "logreg-clinical", "--data", str(tmp_path / "cohort"), "--synthetic", "tiny",
+                            "--out", str(tmp_path / "runs"))
+    assert code == 2 and "--data and --synthetic name two cohorts" in _one_error_line(stderr)
+    code, stderr = _run_cli(capsys, "run", "logreg-clinical", "--preset", "tiny", "--synthetic", "nosuch",
+                            "--out", str(tmp_path / "runs"))
+    assert code == 2 and "nosuch" in _one_error_line(stderr)
+    assert not (tmp_path / "runs").exists()

@@ -198,7 +198,8 @@ def _with_best_params(options, name: str, preset: str, fold_list: list[int] | No
 def run_command(
     name: str = typer.Argument(..., help="experiment name (see `mstnet list`)"),
     data: Path | None = typer.Option(None, help="cohort folder (manifest, NLST layout, ...); default: the embedded synthetic cohort"),
-    synthetic: str | None = typer.Option(None, help="use the embedded synthetic cohort of this preset"),
+    synthetic: str | None = typer.Option(None, help="without --data: the embedded synthetic cohort of this preset "
+                                         "(tiny, cpu, paper, claims; default: --preset's)"),
     preset: str = typer.Option("cpu", help="size preset: tiny, cpu or paper"),
     folds: str | None = typer.Option(None, help="comma-separated folds, e.g. 0,1 (default: all)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
@@ -231,25 +232,38 @@ def run_command(
     from mstnet.experiments.reproduce import prepare_runs, run_group
     from mstnet.experiments.runner import experiment_dir
 
+    check_cohort_choice(data, synthetic)
     launcher = launch.make_launcher(out, device)
     init_distributed()
     spec = get_experiment(name)
     # Under --launcher slurm each task resolves --device where it runs (a login node may have no GPU).
-    options = with_tracking(build_options(synthetic or preset, device if launcher is None else "cpu", epochs,
+    options = with_tracking(build_options(preset, device if launcher is None else "cpu", epochs,
                                           parse_assignments(set_), out, workers=workers), log_to, mlflow_uri)
     options = replace(options, export_masks=export_masks) if export_masks else options
     fold_list = parse_folds(folds)
     if params_from is not None:
         if params_from != "best":
             raise typer.BadParameter(f"--params takes 'best'; got {params_from!r}")
-        options = _with_best_params(options, name, synthetic or preset, fold_list, out, study, storage)
-    prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks)
+        options = _with_best_params(options, name, preset, fold_list, out, study, storage)
+    prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks,
+                            synthetic=synthetic)
     try:
         run_group(prepared, [spec], options, folds=fold_list, jobs=jobs, overwrite=overwrite, launcher=launcher,
                   seeds=seeds)
     except TasksFailed as failed:
         report_failed_tasks(failed)
     console.print(f"results in {experiment_dir(out, spec.name)}")
+
+
+def check_cohort_choice(data: Path | None, synthetic: str | None) -> None:
+    """Refuse ``--data`` beside ``--synthetic``, and a synthetic-cohort preset that does not exist."""
+    from mstnet.synth.presets import SYNTH_PRESETS
+
+    if data is not None and synthetic is not None:
+        raise typer.BadParameter("--data and --synthetic name two cohorts; give one")
+    if synthetic is not None and synthetic not in SYNTH_PRESETS:
+        raise typer.BadParameter(f"unknown synthetic-cohort preset {synthetic!r} for --synthetic; "
+                                 f"choose one of {', '.join(sorted(SYNTH_PRESETS))}")
 
 
 def reproduce_plan(target: str, preset: str, data: Path | None, synthetic: str | None,
@@ -264,8 +278,7 @@ def reproduce_plan(target: str, preset: str, data: Path | None, synthetic: str |
     targets = sorted([*REPRODUCIBLE_GROUPS, CLAIMS_TARGET])
     if target not in targets:
         raise typer.BadParameter(f"target must be one of {', '.join(targets)}; got {target!r}")
-    if data is not None and synthetic is not None:
-        raise typer.BadParameter("--data and --synthetic name two cohorts; give one")
+    check_cohort_choice(data, synthetic)
     cohort_preset = synthetic or (CLAIMS_COHORT if target == CLAIMS_TARGET and data is None else None)
     cohort_tag = f"-{cohort_preset}" if cohort_preset not in (None, preset) else ""
     return cohort_preset, out or Path("runs") / f"{target}-{preset}{cohort_tag}"
