@@ -33,10 +33,13 @@ EMPTY_MASK_VOLUME_MM3 = 1.0
 
 
 def predicted_volumes(runs_dir: Path, predictions: Path, rounds: tuple[str, str]) -> pd.DataFrame:
-    """Out-of-fold predicted mask volume (mm^3) of each test patient at the two rounds."""
+    """Out-of-fold predicted mask volume (mm^3) of each test patient at the two rounds, for the folds
+    that have a ``predictions/fold<k>`` folder."""
     splits = json.loads((runs_dir / "splits.json").read_text())
     rows = []
     for fold in splits["folds"]:
+        if not (predictions / f"fold{fold['fold']}").is_dir():
+            continue
         for patient in fold["test"]:
             row = {"patient_id": patient, "fold": fold["fold"]}
             for timepoint in rounds:
