@@ -3,6 +3,7 @@ table's numbers against the run files (recomputed here with scikit-learn, scipy 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -218,3 +219,23 @@ def test_a_patient_missing_from_the_oracle_posteriors_is_named(claim_runs, tmp_p
     posteriors[posteriors["patient_id"] != "P017"].to_csv(copied / ORACLE_POSTERIORS_FILE, index=False)
     with pytest.raises(ValueError, match=r"patient 'P017' has no oracle posterior in oracle_posteriors.csv"):
         claims_table(load_results(copied), n_resamples=20)
+
+
+def test_claims_notes_name_each_recipe_and_the_folds_short_of_their_plateau(claim_runs, tmp_path):
+    runs_dir, _ = claim_runs
+    copied = shutil.copytree(runs_dir, tmp_path / "runs")
+    for name, recipe, steps in (("mstnet", "segmentation+classification, 24/16 epochs", 1700),
+                                ("image-only", "segmentation+classification, 8/16 epochs", 900)):
+        for fold in range(5):
+            path = copied / name / f"fold{fold}" / "run.json"
+            run = json.loads(path.read_text())
+            short = name == "image-only" and fold in (1, 3)
+            run.update(recipe_summary=recipe, optimizer_steps=steps + fold, plateau_reached=not short,
+                       short_of_plateau="segmentation: val_dice +0.042" if short else "")
+            path.write_text(json.dumps(run))
+    notes = " ".join(claims_table(load_results(copied), n_resamples=20).notes)
+    assert "MST-Net: segmentation+classification, 24/16 epochs, 1702 optimizer steps per fold" in notes
+    assert "image-only: segmentation+classification, 8/16 epochs, 902 optimizer steps per fold" in notes
+    assert "Short of the plateau" in notes
+    assert "image-only (2 of 5 folds: fold 1 segmentation: val_dice +0.042; fold 3 segmentation: val_dice +0.042)" in notes
+    assert "MST-Net (" not in notes

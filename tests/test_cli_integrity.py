@@ -21,6 +21,10 @@ import pytest
 
 from harness_cohort import write_growth_cohort
 from mstnet.cli import main
+from mstnet.commands.experiments import build_options, reproduce_plan
+from mstnet.experiments.fold_configuration import fold_configuration
+from mstnet.experiments.registry import get_experiment
+from mstnet.experiments.reproduce import prepare_runs
 
 
 @pytest.fixture(scope="module")
@@ -389,3 +393,33 @@ def test_run_takes_synthetic_as_the_cohort_and_refuses_it_beside_data(capsys, tm
                             "--out", str(tmp_path / "runs"))
     assert code == 2 and "nosuch" in _one_error_line(stderr)
     assert not (tmp_path / "runs").exists()
+
+
+def test_segmentation_epochs_sets_the_segmentation_stage_beside_epochs(capsys, base_cohort, tmp_path):
+    out = tmp_path / "runs"
+    code, _ = _run_cli(capsys, "run", "mstnet", "--preset", "tiny", "--folds", "0", "--epochs", "1",
+                       "--set", "segmentation_epochs=2", "--data", str(base_cohort), "--out", str(out))
+    assert code == 0
+    log = (out / "mstnet" / "fold0" / "train.log").read_text()
+    assert "segmentation epoch 2/2" in log and "classification epoch 1/1" in log and "segmentation epoch 3/" not in log
+    assert json.loads((out / "mstnet" / "fold0" / "config.json").read_text())["recipe"]["segmentation_epochs"] == 2
+
+
+def test_reproduce_set_takes_recipe_fields_for_every_trained_experiment_only(capsys, base_cohort, tmp_path):
+    code, stderr = _run_cli(capsys, "reproduce", "claims", "--preset", "tiny", "--set", "hidden_size=8",
+                            "--out", str(tmp_path / "runs"))
+    assert code == 2 and "hidden_size is a model setting" in _one_error_line(stderr)
+    assert not (tmp_path / "runs").exists()
+    table_recipe = {"segmentation_epochs": 5}
+    assert reproduce_plan("claims", "cpu", None, None, None, table_recipe)[1] == Path(
+        "runs/claims-cpu-claims-segmentation_epochs5")
+    options = build_options("tiny", "cpu", None, {}, tmp_path / "runs", table_recipe=table_recipe)
+    prepared = prepare_runs(tmp_path / "runs", options.preset, data=base_cohort, write=False)
+    configs = {name: fold_configuration(get_experiment(name), prepared.cohort, prepared.splits, 0, options)
+               for name in ("mstnet", "image-only", "brock")}
+    assert configs["mstnet"]["recipe"]["segmentation_epochs"] == 5
+    assert configs["image-only"]["recipe"]["segmentation_epochs"] == 5
+    assert configs["brock"]["recipe"] is None
+    plain = fold_configuration(get_experiment("mstnet"), prepared.cohort, prepared.splits, 0,
+                               build_options("tiny", "cpu", None, {}, tmp_path / "runs"))
+    assert plain["identity"] != configs["mstnet"]["identity"]

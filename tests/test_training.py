@@ -1,12 +1,14 @@
 """The training loop: resume equals an uninterrupted fit, stages freeze what they should, selection uses validation."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from mstnet.errors import UsageError
+from mstnet.experiments.fold_record import recipe_summary
 from mstnet.experiments.optimisation import SGD_MOMENTUM, stage_optimizer
 from mstnet.experiments.registry import OPTIMIZERS, Recipe, checked_recipe
 from mstnet.experiments.training import fit, stages_for, to_channels_last
@@ -126,6 +128,18 @@ def test_stages_follow_the_tasks_of_the_model():
     assert [(s.seg_weight, s.cls_weight) for s in stages_for(Recipe(), ("classification",))] == [(0.0, 0.3)]
     with pytest.raises(ValueError, match="unknown training stage 'pretrain'"):
         stages_for(Recipe(stages=("pretrain",)), ("segmentation",))
+
+
+def test_segmentation_epochs_lengthens_only_the_segmentation_stage():
+    two_stage = Recipe(stages=("segmentation", "classification"), stage_epochs=(8, 16), segmentation_epochs=24)
+    stages = stages_for(two_stage, ("segmentation", "classification"))
+    assert [(s.name, s.epochs) for s in stages] == [("segmentation", 24), ("classification", 16)]
+    assert [s.epochs for s in stages_for(Recipe(epochs=5, segmentation_epochs=24), ("segmentation",))] == [5]
+    assert [s.epochs for s in stages_for(replace(two_stage, segmentation_epochs=0), ("segmentation",))] == [8]
+    assert recipe_summary(two_stage).startswith("segmentation+classification, Adam lr 0.0001, cosine per epoch, 24/16 epochs")
+    assert "8/16 epochs" in recipe_summary(replace(two_stage, segmentation_epochs=0))
+    with pytest.raises(UsageError, match="segmentation_epochs must be 0"):
+        checked_recipe("mstnet", two_stage, {"segmentation_epochs": -1})
 
 
 def test_channels_last_changes_layout_not_values():

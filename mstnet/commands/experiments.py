@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,25 @@ def parse_assignments(items: list[str] | None) -> dict[str, Any]:
     if isinstance(params.get("stages"), str):
         params["stages"] = tuple(params["stages"].split(","))
     return params
+
+
+def recipe_assignments(items: list[str] | None) -> dict[str, Any]:
+    """``mstnet reproduce --set`` items as typed training-recipe fields; a model setting is refused
+    (the experiments of a table are different models, so only the training recipe applies to all)."""
+    from mstnet.experiments.registry import RECIPE_FIELDS
+
+    params = parse_assignments(items)
+    model_settings = sorted(key for key in params if key not in RECIPE_FIELDS)
+    if model_settings:
+        raise typer.BadParameter(f"reproduce --set takes training-recipe fields only ({', '.join(RECIPE_FIELDS)}); "
+                                 f"{', '.join(model_settings)} is a model setting: use `mstnet run EXPERIMENT --set`")
+    return params
+
+
+def assignments_tag(params: dict[str, Any]) -> str:
+    """A folder-name tag for recipe assignments: ``{"segmentation_epochs": 24}`` -> ``-segmentation_epochs24``."""
+    return "".join(f"-{key}{re.sub(r'[^A-Za-z0-9.]+', '_', json.dumps(value)).strip('_')}"
+                   for key, value in sorted(params.items()))
 
 
 def init_distributed() -> None:
@@ -102,14 +122,15 @@ def report_failed_tasks(failed, runs_dir: Path | None = None, report_out: Path |
 
 
 def build_options(preset: str, device: str, epochs: int | None, params: dict[str, Any], runs_dir: Path,
-                  callbacks: tuple = (), evaluate_test: bool = True, workers: int = 0):
+                  callbacks: tuple = (), evaluate_test: bool = True, workers: int = 0,
+                  table_recipe: dict[str, Any] | None = None):
     from mstnet.experiments.presets import run_preset
     from mstnet.experiments.runner import RunOptions
     from mstnet.experiments.training import resolve_device
 
     return RunOptions(preset=run_preset(preset, epochs=epochs), device=resolve_device(device), params=params,
                       cache_dir=runs_dir / ".cache", callbacks=callbacks, evaluate_test=evaluate_test,
-                      workers=workers)
+                      workers=workers, table_recipe=dict(table_recipe or {}))
 
 
 def with_tracking(options, kinds: list[str] | None, mlflow_uri: str | None):
@@ -267,13 +288,14 @@ def check_cohort_choice(data: Path | None, synthetic: str | None) -> None:
 
 
 def reproduce_plan(target: str, preset: str, data: Path | None, synthetic: str | None,
-                   out: Path | None) -> tuple[str | None, Path]:
+                   out: Path | None, table_recipe: dict[str, Any] | None = None) -> tuple[str | None, Path]:
     """The synthetic cohort a reproduction uses without ``--data`` (None: the size preset's) and its results folder.
 
     ``claims`` runs on the signal-controlled ``claims`` cohort unless ``--synthetic`` or ``--data``
     says otherwise. The default folder is ``runs/<target>-<preset>[-<cohort>]``, the cohort named
     when it is not the size preset's: ``runs/claims-cpu-claims``, and ``runs/claims-cpu`` with
-    ``--synthetic cpu``.
+    ``--synthetic cpu``; recipe assignments (``--set``) are named after it:
+    ``runs/claims-cpu-claims-segmentation_epochs24``.
     """
     targets = sorted([*REPRODUCIBLE_GROUPS, CLAIMS_TARGET])
     if target not in targets:
@@ -281,7 +303,7 @@ def reproduce_plan(target: str, preset: str, data: Path | None, synthetic: str |
     check_cohort_choice(data, synthetic)
     cohort_preset = synthetic or (CLAIMS_COHORT if target == CLAIMS_TARGET and data is None else None)
     cohort_tag = f"-{cohort_preset}" if cohort_preset not in (None, preset) else ""
-    return cohort_preset, out or Path("runs") / f"{target}-{preset}{cohort_tag}"
+    return cohort_preset, out or Path("runs") / f"{target}-{preset}{cohort_tag}{assignments_tag(table_recipe or {})}"
 
 
 def reproduce_specs(target: str) -> list:
@@ -308,6 +330,8 @@ def reproduce_command(
     folds: str | None = typer.Option(None, help="comma-separated folds (default: all five)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     epochs: int | None = typer.Option(None, min=1, help="epochs per training stage (default: the preset's)"),
+    set_: list[str] = typer.Option(None, "--set", help="training-recipe field key=value for every trained experiment "
+                                   "(repeatable), e.g. segmentation_epochs=24; named in the default results folder"),
     with_published: bool = typer.Option(True, help="show Table 1 as published on NLST beside the measured rows"),
     seed: int = typer.Option(0, help="seed of the folds"),
     jobs: int | None = typer.Option(None, min=1, help="(experiment, fold) pairs trained in parallel processes (default: the preset's)"),
@@ -323,12 +347,13 @@ def reproduce_command(
     from mstnet.experiments.launcher import TasksFailed
     from mstnet.experiments.reproduce import prepare_runs, run_group
 
-    cohort_preset, out = reproduce_plan(target, preset, data, synthetic, out)
+    table_recipe = recipe_assignments(set_)
+    cohort_preset, out = reproduce_plan(target, preset, data, synthetic, out, table_recipe)
     launcher = launch.make_launcher(out, device)
     init_distributed()
     clock = time.perf_counter()
     options = with_tracking(build_options(preset, device if launcher is None else "cpu", epochs, {}, out,
-                                          workers=workers), log_to, mlflow_uri)
+                                          workers=workers, table_recipe=table_recipe), log_to, mlflow_uri)
     prepared = prepare_runs(out, options.preset, data=data, seed=seed, write=False, binarize_masks=binarize_masks,
                             synthetic=cohort_preset)
     specs = reproduce_specs(target)

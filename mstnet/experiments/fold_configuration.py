@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     """The experiment's recipe for the preset: the preset's batch size, the preset's training
     length (epochs, patience) unless the recipe has its own (``Recipe.budget_from_preset=False``;
-    ``--epochs`` always sets the epochs), then ``--set`` recipe fields, and the seed of training-seed
+    ``--epochs`` always sets the epochs), then the table's recipe fields (``mstnet reproduce --set``,
+    ``options.table_recipe``), then ``--set`` recipe fields, and the seed of training-seed
     replicate ``options.seed_index`` (the recipe's seed plus it).
 
     Raises:
@@ -37,7 +38,7 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     if preset.epochs_given:
         recipe = replace(recipe, epochs=preset.epochs, stage_epochs=None)
     recipe_overrides, _ = split_overrides(options.params)
-    recipe = checked_recipe(spec.name, recipe, recipe_overrides)
+    recipe = checked_recipe(spec.name, recipe, {**options.table_recipe, **recipe_overrides})
     return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
 
 

@@ -27,7 +27,7 @@ import torch
 from mstnet.atomic import write_text_atomic
 from mstnet.experiments.convergence import fold_plateau, short_of_plateau
 from mstnet.experiments.optimisation import OPTIMIZER_LABELS
-from mstnet.experiments.registry import Recipe
+from mstnet.experiments.registry import Recipe, epochs_per_stage
 from mstnet.results_files import (ATTEMPTS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
                                   TIMING_FILE)
 
@@ -72,7 +72,8 @@ def recipe_summary(recipe: Recipe) -> str:
     stages = "+".join(recipe.stages)
     schedule = (f"warm-up {recipe.warmup_fraction:.0%} then cosine per step" if recipe.lr_schedule == "warmup_cosine"
                 else "cosine per epoch")
-    epochs = "/".join(map(str, recipe.stage_epochs)) if recipe.stage_epochs else str(recipe.epochs)
+    own_lengths = recipe.stage_epochs or recipe.segmentation_epochs
+    epochs = "/".join(map(str, epochs_per_stage(recipe))) if own_lengths else str(recipe.epochs)
     optimizer = OPTIMIZER_LABELS.get(recipe.optimizer, recipe.optimizer)
     return (f"{stages}, {optimizer} lr {recipe.learning_rate:g}, {schedule}, {epochs} epochs x batch {recipe.batch_size}"
             + (", output biases at the priors" if recipe.output_bias_init else "")

@@ -109,7 +109,10 @@ class Recipe:
     (:class:`mstnet.experiments.presets.RunPreset`); a recipe with ``budget_from_preset=False``
     keeps its own length (``epochs`` or ``stage_epochs``, and patience): a budget chosen for
     that architecture within the preset's time limit. ``--epochs`` sets the epochs of every
-    stage of every experiment either way.
+    stage of every experiment either way. ``segmentation_epochs`` (0: off) replaces the length of
+    a ``segmentation`` stage only, whatever the recipe's own lengths, so one setting lengthens
+    that stage in every two-stage experiment of a table (``mstnet reproduce --set
+    segmentation_epochs=24``) and leaves joint and classification stages as they are.
     """
 
     epochs: int = 30
@@ -121,6 +124,7 @@ class Recipe:
     gradient_accumulation: int = 1
     stages: tuple[str, ...] = ("joint",)
     stage_epochs: tuple[int, ...] | None = None
+    segmentation_epochs: int = 0
     seg_loss_weight: float = DEFAULT_SEG_LOSS_WEIGHT
     cls_loss_weight: float = DEFAULT_CLS_LOSS_WEIGHT
     augment: bool = True
@@ -314,6 +318,20 @@ def split_overrides(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return recipe, {k: v for k, v in params.items() if k not in RECIPE_FIELDS}
 
 
+def epochs_per_stage(recipe: Recipe) -> tuple[int, ...]:
+    """The epochs of each of ``recipe.stages``: ``stage_epochs``, else ``epochs`` for every stage; a
+    ``segmentation`` stage takes ``segmentation_epochs`` instead when that is set (> 0).
+
+    Raises:
+        ValueError: ``stage_epochs`` does not give one length per stage.
+    """
+    epochs = recipe.stage_epochs or tuple(recipe.epochs for _ in recipe.stages)
+    if len(epochs) != len(recipe.stages):
+        raise ValueError(f"recipe has {len(recipe.stages)} stages but {len(epochs)} stage_epochs")
+    return tuple(recipe.segmentation_epochs if name == "segmentation" and recipe.segmentation_epochs else n_epochs
+                 for name, n_epochs in zip(recipe.stages, epochs))
+
+
 def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     """``recipe`` with ``overrides`` (recipe fields) applied, typed and range-checked.
 
@@ -334,6 +352,9 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
     for epochs in values["stage_epochs"] or ():
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise UsageError(f"{owner}: stage_epochs must be positive integers, got {values['stage_epochs']!r}")
+    if values["segmentation_epochs"] < 0:
+        raise UsageError(f"{owner}: segmentation_epochs must be 0 (the recipe's own length) or positive, "
+                         f"got {values['segmentation_epochs']!r}")
     if values["lr_schedule"] not in LR_SCHEDULES:
         raise UsageError(f"{owner}: lr_schedule {values['lr_schedule']!r}: choose one of {', '.join(LR_SCHEDULES)}")
     if values["optimizer"] not in OPTIMIZERS:

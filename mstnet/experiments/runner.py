@@ -74,6 +74,10 @@ class RunOptions:
             (``mstnet run --export-masks``: NIfTI masks in each scan's geometry and
             ``probabilities.csv``, :class:`mstnet.experiments.prediction.PredictionWriter`);
             not part of the identity.
+        table_recipe: training-recipe fields for every trained experiment of a table
+            (``mstnet reproduce --set``), under ``params``; experiments fitted on patient
+            features (no training recipe) ignore them. Part of the identity through each
+            fold's resolved recipe.
         seed_index: which training-seed replicate these options train (``--seeds``): the
             recipe's seed (after ``--set seed=...``) plus ``seed_index``, results in
             :func:`fold_dir_of` (``seed<s>/fold<k>/`` for ``seed_index`` s >= 1). The seed is in
@@ -91,6 +95,7 @@ class RunOptions:
     fold_params: dict[int, dict[str, Any]] = field(default_factory=dict)
     trackers: tuple[TrackerSpec, ...] = ()
     export_masks: bool = False
+    table_recipe: dict[str, Any] = field(default_factory=dict)
     seed_index: int = 0
 
     def for_seed(self, seed_index: int) -> "RunOptions":

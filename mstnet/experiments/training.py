@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from mstnet.experiments.distributed import is_main_process, unwrap
 from mstnet.experiments.frozen_stage import FrozenStageData
 from mstnet.experiments.optimisation import optimizer_step, stage_optimizer, stage_scheduler
-from mstnet.experiments.registry import Recipe
+from mstnet.experiments.registry import Recipe, epochs_per_stage
 from mstnet.metrics import DECISION_THRESHOLD
 from mstnet.models.losses import MultiTaskLoss
 from mstnet.experiments.training_state import Checkpoints, EpochRecord, TrainingState
@@ -93,11 +93,8 @@ EpochCallback = Callable[[EpochRecord], None]
 def stages_for(recipe: Recipe, tasks: Sequence[str]) -> list[Stage]:
     """The stages a recipe runs for a model with the given tasks."""
     has_seg, has_cls = "segmentation" in tasks, "classification" in tasks
-    epochs = recipe.stage_epochs or tuple(recipe.epochs for _ in recipe.stages)
-    if len(epochs) != len(recipe.stages):
-        raise ValueError(f"recipe has {len(recipe.stages)} stages but {len(epochs)} stage_epochs")
     stages = []
-    for name, n_epochs in zip(recipe.stages, epochs):
+    for name, n_epochs in zip(recipe.stages, epochs_per_stage(recipe)):
         if name == "joint":
             stages.append(Stage("joint", n_epochs, recipe.seg_loss_weight if has_seg else 0.0, recipe.cls_loss_weight if has_cls else 0.0))
         elif name == "segmentation" and has_seg:

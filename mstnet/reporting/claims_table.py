@@ -33,6 +33,7 @@ from mstnet.metrics import (bootstrap_mean_ci, classification_metric_samples, de
 from mstnet.metrics.claims import NOT_TESTABLE, SIGNIFICANCE, SUPPORTED, claim_verdict
 from mstnet.reporting.results import Results
 from mstnet.reporting.table_data import paired_predictions, paired_scans, pooled_predictions
+from mstnet.reporting.table_notes import training_notes
 from mstnet.results_files import ORACLE_POSTERIORS_FILE
 
 log = logging.getLogger(__name__)
@@ -201,5 +202,6 @@ def claims_table(results: Results, n_resamples: int = 1000, seed: int = 0, confi
         (f"Ranking check: Kendall's tau between measured AUC and ceiling over {len(usable)} experiments = "
          f"{tau:.2f} (p = {p_value:.2g})." if not math.isnan(tau) else
          "Ranking check: fewer than three experiments with both a measured AUC and a ceiling; no Kendall's tau."),
+        *training_notes(results, experiments),
     )
     return ClaimsTable(pd.DataFrame(rows, columns=list(CLAIM_COLUMNS)), ranks, float(tau), float(p_value), notes)
