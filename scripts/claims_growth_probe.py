@@ -8,6 +8,13 @@ estimate. If the predicted growth separates the classes much worse than the true
 classifier on that segmentation can show the spatiotemporal claim: the volume measurement is
 too imprecise, whatever the fusion does.
 
+It then asks how much a simple fusion could make of those measurements: a logistic regression,
+cross-validated on the run's own outer folds, of the clinical record at its best (the logit of the
+oracle posterior given the record alone, ``oracle_clinical`` of ``oracle_posteriors.csv``) with the
+latest predicted volume and the predicted growth; the same with the true volumes; and the model's
+own out-of-fold AUC (``predictions.csv``). A diagnostic bound, not a benchmark row: it reads the
+generator's posterior.
+
 Usage (after ``mstnet reproduce claims``)::
 
     for k in 0 1 2 3 4; do
@@ -26,6 +33,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 EMPTY_MASK_VOLUME_MM3 = 1.0
@@ -50,12 +58,31 @@ def predicted_volumes(runs_dir: Path, predictions: Path, rounds: tuple[str, str]
     return pd.DataFrame(rows).set_index("patient_id")
 
 
+def out_of_fold_fusion(frame: pd.DataFrame, columns: list[str]) -> float:
+    """Pooled AUC of a logistic regression on ``columns``, each fold scored by a fit on the other folds."""
+    scores = pd.Series(np.nan, index=frame.index)
+    for fold in frame["fold"].unique():
+        test = frame["fold"] == fold
+        model = LogisticRegression().fit(frame.loc[~test, columns], frame.loc[~test, "label"])
+        scores[test] = model.predict_proba(frame.loc[test, columns])[:, 1]
+    return float(roc_auc_score(frame["label"], scores))
+
+
+def model_auc(runs_dir: Path, experiment: str, patients: pd.Index) -> float:
+    """The experiment's pooled out-of-fold AUC on ``patients`` (its ``predictions.csv`` of every fold)."""
+    predictions = pd.concat([pd.read_csv(path, dtype={"patient_id": str})
+                             for path in sorted((runs_dir / experiment).glob("fold*/predictions.csv"))])
+    predictions = predictions.set_index("patient_id").loc[patients]
+    return float(roc_auc_score(predictions["label"], predictions["probability"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path)
     parser.add_argument("predictions", type=Path, help="folder with fold<k>/ outputs of mstnet predict --fold k")
     parser.add_argument("cohort", type=Path, help="the synthetic cohort folder (ground_truth.csv)")
     parser.add_argument("--rounds", default="T1,T2", help="the two rounds compared (default T1,T2)")
+    parser.add_argument("--experiment", default="mstnet", help="whose predictions.csv gives the model's own AUC")
     args = parser.parse_args()
     first, last = args.rounds.split(",")
     truth = pd.read_csv(args.cohort / "ground_truth.csv", dtype={"patient_id": str}).set_index("patient_id")
@@ -73,6 +100,16 @@ def main() -> None:
     print(f"sd of the growth error {error.std():.3f} (log), sd of the true growth {frame['true_growth'].std():.3f}")
     print(f"empty predicted masks: {int((frame[f'predicted_{first}'] == 0).sum())} at {first}, "
           f"{int((frame[f'predicted_{last}'] == 0).sum())} at {last}")
+    posteriors = pd.read_csv(args.runs_dir / "oracle_posteriors.csv", dtype={"patient_id": str}).set_index("patient_id")
+    clinical = posteriors.loc[frame.index, "oracle_clinical"].clip(1e-6, 1 - 1e-6)
+    frame["record_logit"] = np.log(clinical / (1 - clinical))
+    frame["predicted_log_volume"] = np.log(frame[f"predicted_{last}"] + EMPTY_MASK_VOLUME_MM3)
+    frame["true_log_volume"] = np.log(frame[f"volume_{last}_mm3"])
+    print(f"AUC of the record at its best (oracle_clinical) {roc_auc_score(labels, clinical):.3f}")
+    print("out-of-fold logistic fusion of the record with the latest volume and the growth:")
+    print(f"  predicted volumes {out_of_fold_fusion(frame, ['record_logit', 'predicted_log_volume', 'predicted_growth']):.3f}")
+    print(f"  true volumes      {out_of_fold_fusion(frame, ['record_logit', 'true_log_volume', 'true_growth']):.3f}")
+    print(f"the model's own AUC on these patients {model_auc(args.runs_dir, args.experiment, frame.index):.3f}")
 
 
 if __name__ == "__main__":
