@@ -403,6 +403,12 @@ def test_segmentation_epochs_sets_the_segmentation_stage_beside_epochs(capsys, b
     log = (out / "mstnet" / "fold0" / "train.log").read_text()
     assert "segmentation epoch 2/2" in log and "classification epoch 1/1" in log and "segmentation epoch 3/" not in log
     assert json.loads((out / "mstnet" / "fold0" / "config.json").read_text())["recipe"]["segmentation_epochs"] == 2
+    assert json.loads((out / "mstnet" / "fold0" / "run.json").read_text())["recipe_summary"].startswith(
+        "segmentation+classification, Adam lr 0.001, cosine per epoch, 2/1 epochs")
+    code, _ = _run_cli(capsys, "run", "clinical-only", "--preset", "tiny", "--folds", "0", "--epochs", "1",
+                       "--set", "segmentation_epochs=2", "--data", str(base_cohort), "--out", str(out))
+    summary = json.loads((out / "clinical-only" / "fold0" / "run.json").read_text())["recipe_summary"]
+    assert code == 0 and summary.startswith("classification, ") and "1 epochs" in summary and "2/" not in summary
 
 
 def test_reproduce_set_takes_recipe_fields_for_every_trained_experiment_only(capsys, base_cohort, tmp_path):

@@ -138,6 +138,11 @@ def test_segmentation_epochs_lengthens_only_the_segmentation_stage():
     assert [s.epochs for s in stages_for(replace(two_stage, segmentation_epochs=0), ("segmentation",))] == [8]
     assert recipe_summary(two_stage).startswith("segmentation+classification, Adam lr 0.0001, cosine per epoch, 24/16 epochs")
     assert "8/16 epochs" in recipe_summary(replace(two_stage, segmentation_epochs=0))
+    cached = replace(two_stage, frozen_stage_cache=True)
+    assert "cached frozen outputs" in recipe_summary(cached)
+    classifier_only = recipe_summary(cached, ("classification",), cached_stage=False)
+    assert classifier_only.startswith("classification, Adam lr 0.0001, cosine per epoch, 16 epochs")
+    assert "cached" not in classifier_only
     with pytest.raises(UsageError, match="segmentation_epochs must be 0"):
         checked_recipe("mstnet", two_stage, {"segmentation_epochs": -1})
 

@@ -27,7 +27,8 @@ import torch
 from mstnet.atomic import write_text_atomic
 from mstnet.experiments.convergence import fold_plateau, short_of_plateau
 from mstnet.experiments.optimisation import OPTIMIZER_LABELS
-from mstnet.experiments.registry import Recipe, epochs_per_stage
+from mstnet.experiments.registry import Recipe
+from mstnet.experiments.training import stages_for
 from mstnet.results_files import (ATTEMPTS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
                                   TIMING_FILE)
 
@@ -66,20 +67,29 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def recipe_summary(recipe: Recipe) -> str:
-    """One line naming what a recipe does, for table footnotes: stages, optimizer and rate, schedule, bias
-    initialisation."""
-    stages = "+".join(recipe.stages)
+def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "classification"),
+                   cached_stage: bool | None = None) -> str:
+    """One line naming what a recipe does for a model with ``tasks``, for table footnotes: the stages
+    that train, optimizer and rate, schedule, epochs per stage, bias initialisation, and whether the
+    classification stage read cached frozen outputs (``cached_stage``; None: as the recipe asks).
+
+    Raises:
+        ValueError: the recipe trains nothing for ``tasks`` (:func:`mstnet.experiments.training.stages_for`).
+    """
+    stages = stages_for(recipe, tasks)
     schedule = (f"warm-up {recipe.warmup_fraction:.0%} then cosine per step" if recipe.lr_schedule == "warmup_cosine"
                 else "cosine per epoch")
+    lengths = [stage.epochs for stage in stages]
     own_lengths = recipe.stage_epochs or recipe.segmentation_epochs
-    epochs = "/".join(map(str, epochs_per_stage(recipe))) if own_lengths else str(recipe.epochs)
+    epochs = "/".join(map(str, lengths)) if own_lengths or len(set(lengths)) > 1 else str(lengths[0])
     optimizer = OPTIMIZER_LABELS.get(recipe.optimizer, recipe.optimizer)
-    return (f"{stages}, {optimizer} lr {recipe.learning_rate:g}, {schedule}, {epochs} epochs x batch {recipe.batch_size}"
+    cached = recipe.frozen_stage_cache if cached_stage is None else cached_stage
+    return (f"{'+'.join(stage.name for stage in stages)}, {optimizer} lr {recipe.learning_rate:g}, {schedule}, "
+            f"{epochs} epochs x batch {recipe.batch_size}"
             + (", output biases at the priors" if recipe.output_bias_init else "")
             + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations, "
                f"batch {recipe.frozen_stage_batch_size or recipe.batch_size})"
-               if recipe.frozen_stage_cache and "classification" in recipe.stages else ""))
+               if cached and any(stage.name == "classification" for stage in stages) else ""))
 
 
 class FoldAttempts:
@@ -154,7 +164,7 @@ class FoldRecord:
 
     def finish(self, metrics: dict[str, Any], patients: list[dict], threshold: float,
                selected_epoch: dict[str, int] | None = None, resumed_from_epoch: int | None = None,
-               history: pd.DataFrame | None = None, recipe: Recipe | None = None) -> None:
+               history: pd.DataFrame | None = None, recipe_text: str | None = None) -> None:
         """predictions.csv, metrics.json, then run.json (last: its presence marks the fold complete).
 
         With a training ``history``, run.json also holds the training budget (``optimizer_steps``)
@@ -170,8 +180,8 @@ class FoldRecord:
             training = {"optimizer_steps": int(rows[-1]["step"]),
                         "plateau": verdicts, "plateau_reached": all(v["reached"] for v in verdicts.values()),
                         "short_of_plateau": short_of_plateau(verdicts)}
-        if recipe is not None:
-            training["recipe_summary"] = recipe_summary(recipe)
+        if recipe_text is not None:
+            training["recipe_summary"] = recipe_text
         write_json(self.fold_dir / RUN_FILE, {
             "status": "complete", "experiment": self.experiment, "fold": self.fold_index,
             "splits_hash": self.splits_hash, **self.attempts.finish(resumed_from_epoch), "selected_epoch": selected_epoch,

@@ -32,7 +32,7 @@ from mstnet.experiments.evaluation_fold import evaluate_fold, write_gallery, you
 from mstnet.experiments.fold_configuration import fold_configuration, model_context, resolve_recipe, tabular_context
 from mstnet.experiments.fold_data import FoldData, data_loader
 from mstnet.experiments.fold_metrics import fold_metrics
-from mstnet.experiments.fold_record import FoldAttempts, FoldRecord, fold_log, write_json
+from mstnet.experiments.fold_record import FoldAttempts, FoldRecord, fold_log, recipe_summary, write_json
 from mstnet.experiments.identity import CONFIG_FILE, identity_conflict, refuse_conflicts
 from mstnet.experiments.presets import RunPreset
 from mstnet.experiments.registry import ExperimentSpec, Recipe
@@ -220,6 +220,12 @@ def _fold_model(spec: ExperimentSpec, data: FoldData, recipe: Recipe, options: R
     return model, model
 
 
+def _uses_frozen_stage(model: torch.nn.Module, trained: torch.nn.Module, recipe: Recipe) -> bool:
+    """Whether the classification stage reads cached frozen outputs: the recipe asks for it, the model
+    classifies from a frozen segmentation network (``classify``), and no DDP wrapper trains it."""
+    return recipe.frozen_stage_cache and trained is model and hasattr(model, "classify")
+
+
 def _fit_fold(model, trained, data: FoldData, spec: ExperimentSpec, recipe: Recipe, fold: OpenFold) -> FitResult:
     """Train the fold's model by its recipe, the output-bias initialisation and frozen-stage cache included."""
     options = fold.options
@@ -233,9 +239,7 @@ def _fit_fold(model, trained, data: FoldData, spec: ExperimentSpec, recipe: Reci
         return loader
 
     on_stage_start = _bias_initialiser(model, data, spec, options) if recipe.output_bias_init else None
-    frozen_stage = None
-    if recipe.frozen_stage_cache and trained is model:
-        frozen_stage = _frozen_stage_factory(model, data, recipe, options)
+    frozen_stage = _frozen_stage_factory(model, data, recipe, options) if _uses_frozen_stage(model, trained, recipe) else None
     tracking = fold.tracking
     if tracking:
         tracking.attach(model, data.validation, options.device, spec.data_view.use_clinical, recipe.amp)
@@ -267,7 +271,8 @@ def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fo
         write_text_atomic(record.fold_dir / "segmentation.csv", pd.DataFrame(evaluation.scans).to_csv(index=False))
         write_gallery(record.fold_dir / "gallery.npz", evaluation.gallery, evaluation.scans)
     record.finish(evaluation.metrics, evaluation.patients, evaluation.threshold, selected_epoch=result.selected_epochs,
-                  resumed_from_epoch=result.resumed_from_epoch, history=history, recipe=recipe)
+                  resumed_from_epoch=result.resumed_from_epoch, history=history,
+                  recipe_text=recipe_summary(recipe, spec.tasks, cached_stage=_uses_frozen_stage(model, trained, recipe)))
     return evaluation.metrics
 
 
