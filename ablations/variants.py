@@ -225,10 +225,14 @@ def ablation(name: str) -> Ablation:
 def recipes_like_full_model(stages: tuple[str, ...] | None) -> dict[str, Recipe]:
     """MST-Net's registered recipe for every preset (:data:`mstnet.experiments.catalog.MSTNET_RECIPES`, read from
     its module, not the registry, so that the order in which plugins register does not matter), with ``stages``
-    replaced when given."""
+    replaced when given. A recipe with a length per stage (``stage_epochs``) then trains every new stage for
+    its first stage's length: the segmentation stage's, the budget of a stage that segments (the cpu
+    recipe's 8/16 epochs become 8 for one joint stage)."""
     if stages is None:
         return dict(MSTNET_RECIPES)
-    return {preset: dataclasses.replace(recipe, stages=stages) for preset, recipe in MSTNET_RECIPES.items()}
+    return {preset: dataclasses.replace(recipe, stages=stages, **(
+        {"stage_epochs": None, "epochs": recipe.stage_epochs[0]} if recipe.stage_epochs else {}))
+        for preset, recipe in MSTNET_RECIPES.items()}
 
 
 def _register(row: Ablation) -> None:

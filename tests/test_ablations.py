@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from ablations.variants import ABLATIONS, ablation
 from mstnet.cli import build_app
+from mstnet.experiments.presets import RUN_PRESETS
 from mstnet.experiments.registry import ModelContext, get_experiment, list_experiments
+from mstnet.experiments.training import stages_for
 from mstnet.models.losses import MultiTaskLoss
 from tests.harness_cohort import write_growth_cohort
 
@@ -102,8 +104,14 @@ def test_registered_metadata_matches_the_table():
         assert spec.data_view == row.data_view and spec.information == row.information
         for preset in ("tiny", "cpu", "paper"):
             full = get_experiment("mstnet").recipe_for(preset)
-            stages = ("joint",) if row.name == "joint-training" else full.stages
-            assert spec.recipe_for(preset) == dataclasses.replace(full, stages=stages), (row.name, preset)
+            expected = full
+            if row.name == "joint-training":
+                expected = dataclasses.replace(full, stages=("joint",), **(
+                    {"stage_epochs": None, "epochs": full.stage_epochs[0]} if full.stage_epochs else {}))
+            assert spec.recipe_for(preset) == expected, (row.name, preset)
+            assert stages_for(spec.recipe_for(preset), spec.tasks), (row.name, preset)  # one length per stage
+    joint_cpu = stages_for(get_experiment("joint-training").recipe_for("cpu"), ("segmentation", "classification"))
+    assert [(stage.name, stage.epochs) for stage in joint_cpu] == [("joint", RUN_PRESETS["cpu"].epochs)]
     assert ablation("image-only").information == "scans2"
     assert ablation("clinical-only").information == "clinical"
     assert ablation("single-timepoint").information == "scans1+clinical"

@@ -241,6 +241,7 @@ def test_a_gzip_stream_cut_short_is_named_even_when_its_header_reads(capsys, coh
     (["--set", "epochs=2.5"], ["epochs=2.5", "not an integer"]),
     (["--set", "learning_rate=-1"], ["learning_rate must be positive"]),
     (["--set", "stages=[\"warmup\"]"], ["stages", "joint, segmentation or classification"]),
+    (["--set", "stage_epochs=[3,3,3]"], ["stage_epochs [3, 3, 3]", "3 lengths for 2 stages"]),
     (["--set", "embed_dimm=8"], ["mstnet", "unknown setting 'embed_dimm'"]),
     (["--preset", "huge"], ["unknown preset 'huge'", "cpu, paper, tiny"]),
     (["--binarize-masks", "sometimes"], ["sometimes", "nonzero", "half"]),

@@ -352,6 +352,9 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
     for epochs in values["stage_epochs"] or ():
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise UsageError(f"{owner}: stage_epochs must be positive integers, got {values['stage_epochs']!r}")
+    if values["stage_epochs"] is not None and len(values["stage_epochs"]) != len(values["stages"]):
+        raise UsageError(f"{owner}: stage_epochs {list(values['stage_epochs'])} gives {len(values['stage_epochs'])} "
+                         f"lengths for {len(values['stages'])} stages ({', '.join(values['stages'])})")
     if values["segmentation_epochs"] < 0:
         raise UsageError(f"{owner}: segmentation_epochs must be 0 (the recipe's own length) or positive, "
                          f"got {values['segmentation_epochs']!r}")
