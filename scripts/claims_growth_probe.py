@@ -36,6 +36,9 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from mstnet.reporting.results import load_results
+from mstnet.reporting.table_data import pooled_predictions
+
 EMPTY_MASK_VOLUME_MM3 = 1.0
 """Added to both volumes of the predicted growth, so an empty prediction gives a finite ratio."""
 
@@ -69,10 +72,8 @@ def out_of_fold_fusion(frame: pd.DataFrame, columns: list[str]) -> float:
 
 
 def model_auc(runs_dir: Path, experiment: str, patients: pd.Index) -> float:
-    """The experiment's pooled out-of-fold AUC on ``patients`` (its ``predictions.csv`` of every fold)."""
-    predictions = pd.concat([pd.read_csv(path, dtype={"patient_id": str})
-                             for path in sorted((runs_dir / experiment).glob("fold*/predictions.csv"))])
-    predictions = predictions.set_index("patient_id").loc[patients]
+    """The experiment's pooled out-of-fold AUC on ``patients`` (the report's reading of its ``predictions.csv``)."""
+    predictions = pooled_predictions(load_results(runs_dir), experiment).set_index("patient_id").loc[patients]
     return float(roc_auc_score(predictions["label"], predictions["probability"]))
 
 

@@ -242,6 +242,8 @@ def test_a_gzip_stream_cut_short_is_named_even_when_its_header_reads(capsys, coh
     (["--set", "learning_rate=-1"], ["learning_rate must be positive"]),
     (["--set", "stages=[\"warmup\"]"], ["stages", "joint, segmentation or classification"]),
     (["--set", "stage_epochs=[3,3,3]"], ["stage_epochs [3, 3, 3]", "3 lengths for 2 stages"]),
+    (["--set", "segmentation_epochs=-1"], ["segmentation_epochs must be 0", "got -1"]),
+    (["--set", "segmentation_epochs=2.5"], ["segmentation_epochs=2.5", "not an integer"]),
     (["--set", "embed_dimm=8"], ["mstnet", "unknown setting 'embed_dimm'"]),
     (["--preset", "huge"], ["unknown preset 'huge'", "cpu, paper, tiny"]),
     (["--binarize-masks", "sometimes"], ["sometimes", "nonzero", "half"]),
@@ -416,6 +418,9 @@ def test_reproduce_set_takes_recipe_fields_for_every_trained_experiment_only(cap
     code, stderr = _run_cli(capsys, "reproduce", "claims", "--preset", "tiny", "--set", "hidden_size=8",
                             "--out", str(tmp_path / "runs"))
     assert code == 2 and "hidden_size is a model setting" in _one_error_line(stderr)
+    code, stderr = _run_cli(capsys, "reproduce", "paper-table", "--preset", "tiny", "--data", str(base_cohort),
+                            "--set", "segmentation_epochs=-1", "--out", str(tmp_path / "runs"))
+    assert code == 2 and "segmentation_epochs must be 0" in _one_error_line(stderr)
     assert not (tmp_path / "runs").exists()
     table_recipe = {"segmentation_epochs": 5}
     assert reproduce_plan("claims", "cpu", None, None, None, table_recipe)[1] == Path(

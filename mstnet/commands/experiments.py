@@ -51,14 +51,13 @@ def parse_assignments(items: list[str] | None) -> dict[str, Any]:
 def recipe_assignments(items: list[str] | None) -> dict[str, Any]:
     """``mstnet reproduce --set`` items as typed training-recipe fields; a model setting is refused
     (the experiments of a table are different models, so only the training recipe applies to all)."""
-    from mstnet.experiments.registry import RECIPE_FIELDS
+    from mstnet.experiments.registry import RECIPE_FIELDS, split_overrides
 
-    params = parse_assignments(items)
-    model_settings = sorted(key for key in params if key not in RECIPE_FIELDS)
+    recipe_fields, model_settings = split_overrides(parse_assignments(items))
     if model_settings:
         raise typer.BadParameter(f"reproduce --set takes training-recipe fields only ({', '.join(RECIPE_FIELDS)}); "
-                                 f"{', '.join(model_settings)} is a model setting: use `mstnet run EXPERIMENT --set`")
-    return params
+                                 f"{', '.join(sorted(model_settings))} is a model setting: use `mstnet run EXPERIMENT --set`")
+    return recipe_fields
 
 
 def assignments_tag(params: dict[str, Any]) -> str:
