@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -49,6 +51,12 @@ def test_fold_writes_the_results_contract(tmp_path, cohort_dir):
     assert set(predictions["patient_id"]) == test_ids and predictions["probability"].between(0, 1).all()
     segmentation = pd.read_csv(fold_dir / "segmentation.csv")
     assert len(segmentation) == 2 * len(test_ids)
+    for row in segmentation.itertuples():  # each scan's reference volume: the mask file's voxels x voxel volume
+        mask = nib.load(str(cohort_dir / "masks" / f"{row.patient_id}_{row.timepoint}.nii.gz"))
+        voxels = np.count_nonzero(np.asarray(mask.dataobj))
+        assert row.reference_volume_mm3 == pytest.approx(voxels * float(np.prod(mask.header.get_zooms()[:3])))
+        assert row.reference_volume_mm3 > 0 and row.predicted_volume_mm3 >= 0
+    assert (segmentation["predicted_volume_mm3"] > 0).any()
     metrics = json.loads((fold_dir / "metrics.json").read_text())
     assert metrics["segmentation"]["dice"] == pytest.approx(segmentation["dice"].mean())
     run = json.loads((fold_dir / "run.json").read_text())

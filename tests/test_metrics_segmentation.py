@@ -13,7 +13,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceD
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist
 
-from mstnet.metrics import segmentation_metrics, segmentation_metrics_batch, surface_voxels
+from mstnet.metrics import mask_volumes, segmentation_metrics, segmentation_metrics_batch, surface_voxels
 
 ANISOTROPIC = (2.5, 0.7, 0.7)
 SHAPE = (12, 28, 30)
@@ -207,3 +207,16 @@ def test_batch_is_the_per_pair_result():
 def test_bad_input_is_named(pred, target, kwargs, message):
     with pytest.raises(ValueError, match=message):
         segmentation_metrics(pred, target, **kwargs)
+
+
+def test_mask_volumes_are_voxel_counts_times_the_voxel_volume():
+    truth = np.zeros(SHAPE, bool)
+    truth[2:5, 3:7, 4:9] = True  # 3 x 4 x 5 = 60 voxels of 2.5 x 0.7 x 0.7 mm = 1.225 mm^3
+    pred = blob(3)
+    volumes = mask_volumes(pred.astype(np.float32), truth, spacing=ANISOTROPIC)
+    assert volumes["reference_volume_mm3"] == pytest.approx(60 * 1.225)
+    assert volumes["predicted_volume_mm3"] == pytest.approx(int(pred.sum()) * 2.5 * 0.7 * 0.7)
+    assert mask_volumes(np.zeros(SHAPE), truth, spacing=1.0) == {"reference_volume_mm3": 60.0, "predicted_volume_mm3": 0.0}
+    with pytest.raises(ValueError, match="same shape"):
+        mask_volumes(pred[:-1], truth)
+

@@ -10,7 +10,8 @@
 - Each mask is scored on the whole field of its scan, in the geometry of the cohort's image of
   that scan (shape, spacing, origin and axis directions after the readers' reorientation to
   RAS+), against the scan's full reference mask at the scan's own spacing: the same
-  :func:`mstnet.metrics.segmentation_metrics` call the harness makes on its test folds
+  :func:`mstnet.experiments.fold_metrics.scan_segmentation_row` call (overlap metrics and both
+  volumes) the harness makes on its test folds
   (:func:`mstnet.experiments.evaluation_fold.field_segmentation_metrics`). A mask whose grid is not
   the image's (another shape, spacing, origin or orientation) is refused, naming the file and
   both geometries, unless ``resample=True`` (``--resample``): it is then resampled onto the
@@ -57,7 +58,7 @@ from mstnet.data.io import check_mask_binarization, read_mask
 from mstnet.errors import UsageError
 from mstnet.experiments.evaluation_folds import evaluation_splits, folds_to_score, warn_leaks
 from mstnet.experiments.evaluation_results import Evaluation, check_target, write_evaluation
-from mstnet.experiments.fold_metrics import fold_metrics
+from mstnet.experiments.fold_metrics import fold_metrics, scan_segmentation_row
 from mstnet.experiments.mask_geometry import geometry_differences, resample_to, volume_geometry
 from mstnet.experiments.prediction_folder import (
     DEFAULT_PATTERN,
@@ -66,7 +67,6 @@ from mstnet.experiments.prediction_folder import (
     prediction_record,
     read_probabilities,
 )
-from mstnet.metrics import segmentation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def score_mask(cohort: Cohort, patient_id: str, scan: Scan, mask_path: Path, res
         raise CohortError(Problem(f"reference mask shape {truth.shape} differs from image shape {image.shape}",
                                   patient_id=patient_id, timepoint=scan.timepoint, file=str(scan.mask)))
     spacing = image.spacing or (1.0, 1.0, 1.0)
-    return segmentation_metrics(predicted, truth, spacing=tuple(float(s) for s in spacing)), bool(differences)
+    return scan_segmentation_row(predicted, truth, spacing), bool(differences)
 
 
 

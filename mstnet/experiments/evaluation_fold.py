@@ -19,10 +19,10 @@ import torch
 
 from mstnet.atomic import atomic_path
 from mstnet.experiments.fold_data import FoldData, data_loader
-from mstnet.experiments.fold_metrics import fold_metrics
+from mstnet.experiments.fold_metrics import fold_metrics, scan_segmentation_row
 from mstnet.experiments.registry import ExperimentSpec, Recipe
 from mstnet.experiments.training import autocast_context, forward_batch, malignancy_probability, move_batch
-from mstnet.metrics import DECISION_THRESHOLD, segmentation_metrics
+from mstnet.metrics import DECISION_THRESHOLD
 from mstnet.models.output import foreground_map
 
 if TYPE_CHECKING:
@@ -64,12 +64,13 @@ def field_segmentation_metrics(pred_crop: np.ndarray, crop_start: Sequence[int],
     shape with its first voxel at ``crop_start`` (parts in the crop's padding outside the field
     dropped), and compared with ``truth_field``, the scan's whole reference mask, at the scan's
     own ``spacing`` (z, y, x) mm. A nodule partly or wholly outside the crop counts as missed
-    there; the one-empty distance is the field's diagonal.
+    there; the one-empty distance is the field's diagonal. The row also holds both masks'
+    volumes on the field (:func:`scan_segmentation_row`).
     """
     from mstnet.data.transforms import paste_into_field
 
     pred_field = paste_into_field(np.asarray(pred_crop, dtype=bool), crop_start, truth_field.shape)
-    return segmentation_metrics(pred_field, np.asarray(truth_field, dtype=bool), spacing=tuple(float(s) for s in spacing))
+    return scan_segmentation_row(pred_field, np.asarray(truth_field, dtype=bool), spacing)
 
 
 @dataclass

@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
-from mstnet.metrics import DECISION_THRESHOLD, classification_metrics
+from mstnet.metrics import DECISION_THRESHOLD, classification_metrics, mask_volumes, segmentation_metrics
 
 SEGMENTATION_METRICS = ("dice", "jaccard", "hd95", "asd")
 """The per-scan segmentation metrics whose means ``metrics.json`` holds."""
+
+
+def scan_segmentation_row(pred: Any, truth: Any, spacing: Sequence[float]) -> dict[str, float]:
+    """The metric columns of one ``segmentation.csv`` row: Dice, Jaccard, HD95 and ASD
+    (:func:`~mstnet.metrics.segmentation_metrics`) and the reference and predicted volumes in mm^3
+    (:func:`~mstnet.metrics.mask_volumes`) of two (D, H, W) masks at ``spacing`` (z, y, x) mm."""
+    spacing = tuple(float(s) for s in spacing)
+    return {**segmentation_metrics(pred, truth, spacing=spacing), **mask_volumes(pred, truth, spacing=spacing)}
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:

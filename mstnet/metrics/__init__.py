@@ -6,6 +6,7 @@ See ``shared/design/protocol.md`` ("Metrics, exactly", "Aggregation and statisti
 from mstnet.metrics.classification import classification_metrics, roc_auc
 from mstnet.metrics.segmentation import (
     directed_surface_distances,
+    mask_volumes,
     segmentation_metrics,
     segmentation_metrics_batch,
     surface_voxels,
@@ -39,6 +40,7 @@ __all__ = [
     "delong_auc_variance",
     "delong_test",
     "directed_surface_distances",
+    "mask_volumes",
     "mcnemar_exact",
     "mean_std",
     "patient_draws",

@@ -197,6 +197,28 @@ def segmentation_metrics(
     return {"dice": float(dice), "jaccard": float(jaccard), "hd95": hd95, "asd": asd}
 
 
+def mask_volumes(pred: Any, target: Any, spacing: Sequence[float] | float = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Volumes in mm^3 of a predicted mask and its ground truth: voxel count x voxel volume.
+
+    ``pred`` and ``target`` follow :func:`segmentation_metrics`' rules (same shape; bool, or
+    foreground where > 0.5); ``spacing`` is mm per axis. Returns ``{"reference_volume_mm3",
+    "predicted_volume_mm3"}``: what the per-scan rows of ``segmentation.csv`` carry beside the
+    overlap metrics, so results can be read by nodule size and as volume agreement.
+
+    Example:
+        >>> import numpy as np
+        >>> truth = np.zeros((4, 8, 8), bool); truth[1:3, 2:6, 2:6] = True
+        >>> mask_volumes(truth[:, ::-1], truth, spacing=(2.0, 0.5, 0.5))["reference_volume_mm3"]
+        16.0
+    """
+    pred_mask, target_mask = to_binary_mask(pred, "pred"), to_binary_mask(target, "target")
+    if pred_mask.shape != target_mask.shape:
+        raise ValueError(f"pred and target must have the same shape, got {pred_mask.shape} and {target_mask.shape}")
+    voxel_mm3 = float(np.prod(_check_spacing(spacing, pred_mask.ndim)))
+    return {"reference_volume_mm3": float(np.count_nonzero(target_mask)) * voxel_mm3,
+            "predicted_volume_mm3": float(np.count_nonzero(pred_mask)) * voxel_mm3}
+
+
 def segmentation_metrics_batch(
     preds: Any,
     targets: Any,

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mstnet.reporting.result_columns import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
+from mstnet.reporting.result_columns import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, VOLUME_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -60,5 +60,6 @@ def seed_means(seed_fold_metrics: pd.DataFrame, seed_predictions: pd.DataFrame,
     means = (_mean_over_seeds(frames[0], ["experiment", "fold"],
                               [*SEGMENTATION_METRICS, *CLASSIFICATION_METRICS, "threshold"], several),
              _mean_over_seeds(frames[1], ["experiment", "patient_id"], ["probability"], several),
-             _mean_over_seeds(frames[2], ["experiment", "patient_id", "timepoint"], list(SEGMENTATION_METRICS), several))
+             _mean_over_seeds(frames[2], ["experiment", "patient_id", "timepoint"],
+                              [*SEGMENTATION_METRICS, *(c for c in VOLUME_COLUMNS if c in frames[2].columns)], several))
     return (*frames, *means)
