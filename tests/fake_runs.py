@@ -225,8 +225,10 @@ def write_fake_runs(
                     for t in timepoints:
                         dice = float(np.clip(experiment.dice_level + patient_difficulty[p] + rng.normal(0, 0.05), 0.05, 0.99))
                         hd95 = float(2.0 + 40.0 * (1.0 - dice) + abs(rng.normal(0, 1.5)))
+                        reference = 15.0 * 1.6 ** (sum(map(ord, p + t)) % 14)  # about 3 to 30 mm across
                         rows.append({"patient_id": p, "timepoint": t, "fold": k, "dice": dice,
-                                     "jaccard": dice / (2.0 - dice), "hd95": hd95, "asd": hd95 / 5.0})
+                                     "jaccard": dice / (2.0 - dice), "hd95": hd95, "asd": hd95 / 5.0,
+                                     "reference_volume_mm3": reference, "predicted_volume_mm3": reference * dice})
                 scans = pd.DataFrame(rows)
                 fold_dir.mkdir(parents=True, exist_ok=True)
                 scans.to_csv(fold_dir / "segmentation.csv", index=False)

@@ -45,6 +45,7 @@ from sklearn.metrics import roc_curve
 from mstnet.metrics import classification_metric_samples, patient_draws, percentile_interval
 from mstnet.reporting.ablation_table import ABLATION_METRICS, AblationTable
 from mstnet.reporting.curves import learning_curves_figure, training_curves_figure
+from mstnet.reporting.size_strata import dice_by_size_figure
 from mstnet.reporting.formats import stars
 from mstnet.reporting.plotting import (
     display_order,
@@ -341,6 +342,7 @@ def all_figures(results: Results, out_dir: Path, ablations: AblationTable | None
         "ROC curves": roc_figure(results, out_dir, n_resamples=n_resamples, seed=seed),
         "Calibration": calibration_figure(results, out_dir),
         "Per-fold Dice and HD95": fold_box_figure(results, out_dir),
+        "Dice by nodule size": dice_by_size_figure(results, out_dir),
         "Ablations": ablation_figure(ablations, out_dir),
         "Training curves": training_curves_figure(results, out_dir),
         "Learning curves": learning_curves_figure(results, out_dir),
