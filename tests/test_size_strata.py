@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mstnet.reporting.results import load_results
+from mstnet.reporting.build import build_report
+from mstnet.reporting.results import ResultsError, load_results
 from mstnet.reporting.size_strata import dice_by_size, dice_by_size_figure, equivalent_diameter_mm, size_labels
 from tests.fake_runs import write_fake_runs
 
@@ -49,3 +50,18 @@ def test_figure_and_csv_are_written_and_results_without_volumes_give_none(result
     older = replace(results, segmentation=results.segmentation.drop(columns=["reference_volume_mm3",
                                                                              "predicted_volume_mm3"]))
     assert dice_by_size(older).empty and dice_by_size_figure(older, tmp_path / "none") == []
+
+
+@pytest.mark.parametrize("bad", ["abc", -1.0])
+def test_a_bad_volume_is_refused_naming_file_column_and_scan_before_a_report_is_written(tmp_path, bad):
+    runs = write_fake_runs(tmp_path / "runs")
+    path = runs / "unetr" / "fold1" / "segmentation.csv"
+    scans = pd.read_csv(path, dtype={"patient_id": str, "timepoint": str})
+    scans["predicted_volume_mm3"] = scans["predicted_volume_mm3"].astype(object)
+    scans.loc[2, "predicted_volume_mm3"] = bad
+    scans.to_csv(path, index=False)
+    with pytest.raises(ResultsError, match=rf"{path}: predicted_volume_mm3 of {scans.at[2, 'patient_id']} "
+                                           rf"{scans.at[2, 'timepoint']} is .*expected a volume in mm\^3 >= 0"):
+        build_report([runs], tmp_path / "report", n_resamples=20)
+    assert not (tmp_path / "report").exists()
+

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from mstnet.metrics import DECISION_THRESHOLD, classification_metrics, mask_volumes, segmentation_metrics
+from mstnet.metrics.segmentation import mask_pair
 
 SEGMENTATION_METRICS = ("dice", "jaccard", "hd95", "asd")
 """The per-scan segmentation metrics whose means ``metrics.json`` holds."""
@@ -20,6 +21,7 @@ def scan_segmentation_row(pred: Any, truth: Any, spacing: Sequence[float]) -> di
     (:func:`~mstnet.metrics.segmentation_metrics`) and the reference and predicted volumes in mm^3
     (:func:`~mstnet.metrics.mask_volumes`) of two (D, H, W) masks at ``spacing`` (z, y, x) mm."""
     spacing = tuple(float(s) for s in spacing)
+    pred, truth = mask_pair(pred, truth)  # converted once, for both calls
     return {**segmentation_metrics(pred, truth, spacing=spacing), **mask_volumes(pred, truth, spacing=spacing)}
 
 

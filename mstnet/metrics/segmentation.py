@@ -61,6 +61,14 @@ def to_binary_mask(mask: Any, name: str = "mask") -> np.ndarray:
     return array > DECISION_THRESHOLD
 
 
+def mask_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``target`` as boolean arrays (:func:`to_binary_mask`); ``ValueError`` unless same shape."""
+    pred_mask, target_mask = to_binary_mask(pred, "pred"), to_binary_mask(target, "target")
+    if pred_mask.shape != target_mask.shape:
+        raise ValueError(f"pred and target must have the same shape, got {pred_mask.shape} and {target_mask.shape}")
+    return pred_mask, target_mask
+
+
 def _check_spacing(spacing: Sequence[float] | float, ndim: int) -> np.ndarray:
     values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
     if values.size == 1:
@@ -110,9 +118,7 @@ def directed_surface_distances(
     ``pred`` and ``target`` are (D, H, W) boolean arrays of the same shape; ``spacing`` is in mm
     per array axis. Returns two float64 vectors, one entry per surface voxel of P and of G.
     """
-    pred_mask, target_mask = to_binary_mask(pred, "pred"), to_binary_mask(target, "target")
-    if pred_mask.shape != target_mask.shape:
-        raise ValueError(f"pred and target must have the same shape, got {pred_mask.shape} and {target_mask.shape}")
+    pred_mask, target_mask = mask_pair(pred, target)
     if not pred_mask.any() or not target_mask.any():
         raise ValueError("directed_surface_distances needs two non-empty masks")
     box = union_bounding_box(pred_mask, target_mask)
@@ -172,10 +178,7 @@ def segmentation_metrics(
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention: expected one of {CONVENTIONS}, got {convention!r}")
-    pred_mask = to_binary_mask(pred, "pred")
-    target_mask = to_binary_mask(target, "target")
-    if pred_mask.shape != target_mask.shape:
-        raise ValueError(f"pred and target must have the same shape, got {pred_mask.shape} and {target_mask.shape}")
+    pred_mask, target_mask = mask_pair(pred, target)
     if pred_mask.ndim < 1:
         raise ValueError("pred and target must be arrays with at least one axis")
     spacing_mm = _check_spacing(spacing, pred_mask.ndim)
@@ -211,9 +214,7 @@ def mask_volumes(pred: Any, target: Any, spacing: Sequence[float] | float = (1.0
         >>> mask_volumes(truth[:, ::-1], truth, spacing=(2.0, 0.5, 0.5))["reference_volume_mm3"]
         16.0
     """
-    pred_mask, target_mask = to_binary_mask(pred, "pred"), to_binary_mask(target, "target")
-    if pred_mask.shape != target_mask.shape:
-        raise ValueError(f"pred and target must have the same shape, got {pred_mask.shape} and {target_mask.shape}")
+    pred_mask, target_mask = mask_pair(pred, target)
     voxel_mm3 = float(np.prod(_check_spacing(spacing, pred_mask.ndim)))
     return {"reference_volume_mm3": float(np.count_nonzero(target_mask)) * voxel_mm3,
             "predicted_volume_mm3": float(np.count_nonzero(pred_mask)) * voxel_mm3}

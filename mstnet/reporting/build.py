@@ -199,10 +199,10 @@ def build_report(
     """
     if isinstance(runs_dirs, (str, Path)):
         runs_dirs = [runs_dirs]
+    results = load_many(runs_dirs, threshold_rule=threshold_rule)  # bad results: refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure_dir = out_dir / FIGURE_FOLDER
-    results = load_many(runs_dirs, threshold_rule=threshold_rule)
     log.info("report: %d experiments from %s", len(results.experiments), ", ".join(map(str, results.runs_dirs)))
     sections, ablations = _table_sections(results, out_dir, figure_dir, reference, n_resamples, seed, with_published)
     figure_sections = report_figures.all_figures(results, figure_dir, ablations, n_resamples, seed)

@@ -66,6 +66,7 @@ from mstnet.reporting.result_columns import (
     PREDICTION_COLUMNS,
     SEGMENTATION_COLUMNS,
     SEGMENTATION_METRICS,
+    VOLUME_COLUMNS,
 )
 from mstnet.reporting.seed_means import seed_means
 
@@ -142,6 +143,18 @@ def verify_segmentation(row: dict[str, Any], metrics_path: Path, scans: pd.DataF
         if not _agree(row[key], recomputed):
             raise ResultsError(f"{metrics_path}: segmentation.{key} is {_shown(row[key])} but the mean of "
                                f"segmentation.csv's per-scan values is {_shown(recomputed)}")
+
+
+def check_volumes(path: Path, scans: pd.DataFrame) -> None:
+    """The optional volume columns of a ``segmentation.csv`` (:data:`VOLUME_COLUMNS`), where present:
+    numbers >= 0 (empty is allowed); raises :class:`ResultsError` naming the file, column and patient."""
+    for column in (c for c in VOLUME_COLUMNS if c in scans.columns):
+        values = pd.to_numeric(scans[column], errors="coerce")
+        bad = (values.isna() & scans[column].notna()) | (values < 0)
+        if bad.any():
+            first = scans.loc[bad].iloc[0]
+            raise ResultsError(f"{path}: {column} of {first['patient_id']} {first['timepoint']} is "
+                               f"{first[column]!r}; expected a volume in mm^3 >= 0")
 
 
 @dataclass(frozen=True)
@@ -327,6 +340,7 @@ def _load_fold(collected: _Collected, record: dict[str, Any], seed: int, k: int,
     if "segmentation" in record["tasks"] and (fold_dir / "segmentation.csv").exists():
         frames["segmentation"].append(_read_csv(fold_dir / "segmentation.csv", SEGMENTATION_COLUMNS, name, seed))
         verify_segmentation(row, fold_dir / "metrics.json", frames["segmentation"][-1])
+        check_volumes(fold_dir / "segmentation.csv", frames["segmentation"][-1])
     if seed:
         return  # learning curves and galleries: replicate 0
     if (fold_dir / "history.csv").exists():
