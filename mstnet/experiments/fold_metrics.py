@@ -11,9 +11,7 @@ import pandas as pd
 
 from mstnet.metrics import DECISION_THRESHOLD, classification_metrics, mask_volumes, segmentation_metrics
 from mstnet.metrics.segmentation import mask_pair
-
-SEGMENTATION_METRICS = ("dice", "jaccard", "hd95", "asd")
-"""The per-scan segmentation metrics whose means ``metrics.json`` holds."""
+from mstnet.results_files import SEGMENTATION_METRICS
 
 
 def scan_segmentation_row(pred: Any, truth: Any, spacing: Sequence[float]) -> dict[str, float]:

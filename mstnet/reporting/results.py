@@ -60,7 +60,8 @@ import pandas as pd
 
 from mstnet.errors import DataError
 from mstnet.metrics.classification import classification_metrics
-from mstnet.reporting.result_columns import (
+from mstnet.reporting.seed_means import seed_means
+from mstnet.results_files import (
     CLASSIFICATION_METRICS,
     HISTORY_COLUMNS,
     PREDICTION_COLUMNS,
@@ -68,7 +69,6 @@ from mstnet.reporting.result_columns import (
     SEGMENTATION_METRICS,
     VOLUME_COLUMNS,
 )
-from mstnet.reporting.seed_means import seed_means
 
 log = logging.getLogger(__name__)
 

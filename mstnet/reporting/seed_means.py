@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mstnet.reporting.result_columns import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, VOLUME_COLUMNS
+from mstnet.results_files import CLASSIFICATION_METRICS, SEGMENTATION_METRICS, VOLUME_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mstnet.reporting.plotting import display_order, figure_style, new_figure, palette, save_figure
-from mstnet.reporting.result_columns import VOLUME_COLUMNS
+from mstnet.results_files import VOLUME_COLUMNS
 from mstnet.reporting.results import Results
 from mstnet.reporting.table_data import method_name
 
