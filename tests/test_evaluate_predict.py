@@ -69,10 +69,10 @@ def cohort_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def seg_runs(cohort_dir, tmp_path_factory) -> Path:
-    """monai-basicunet, fold 0, one epoch, test predictions exported."""
+    """monai-basicunet, fold 0, one epoch, test-time mirroring, test predictions exported."""
     runs = tmp_path_factory.mktemp("seg") / "runs"
     _run("run", "monai-basicunet", "--data", cohort_dir, "--preset", "tiny", "--folds", "0", "--epochs", "1",
-         "--out", runs, "--export-masks")
+         "--out", runs, "--export-masks", "--set", "test_time_mirroring=true")
     return runs
 
 
@@ -118,6 +118,9 @@ def test_exported_masks_score_as_the_run(capsys, seg_runs, cohort_dir):
 
 
 def test_predicted_fold_masks_score_as_the_run(capsys, caplog, seg_runs, cohort_dir, tmp_path):
+    """The fold was evaluated with test-time mirroring; mstnet predict mirrors as its recipe says."""
+    recipe = json.loads((seg_runs / "monai-basicunet" / "fold0" / "config.json").read_text())["recipe"]
+    assert recipe["test_time_mirroring"] is True
     out = tmp_path / "pred"
     _ok(capsys, "predict", seg_runs, "--data", cohort_dir, "--out", out, "--fold", "0")
     assert len(list(out.glob("*.nii.gz"))) == 40  # every patient, both scans

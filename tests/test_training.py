@@ -143,6 +143,8 @@ def test_segmentation_epochs_lengthens_only_the_segmentation_stage():
     classifier_only = recipe_summary(cached, ("classification",), cached_stage=False)
     assert classifier_only.startswith("classification, Adam lr 0.0001, cosine per epoch, 16 epochs")
     assert "cached" not in classifier_only
+    assert "mirroring" not in recipe_summary(two_stage)
+    assert recipe_summary(replace(two_stage, test_time_mirroring=True)).endswith(", test-time mirroring (8 flips)")
     with pytest.raises(UsageError, match="segmentation_epochs must be 0"):
         checked_recipe("mstnet", two_stage, {"segmentation_epochs": -1})
 

@@ -21,9 +21,9 @@ from mstnet.atomic import atomic_path
 from mstnet.experiments.fold_data import FoldData, data_loader
 from mstnet.experiments.fold_metrics import fold_metrics, scan_segmentation_row
 from mstnet.experiments.registry import ExperimentSpec, Recipe
-from mstnet.experiments.training import autocast_context, forward_batch, malignancy_probability, move_batch
+from mstnet.experiments.test_time import predict_batch
+from mstnet.experiments.training import move_batch
 from mstnet.metrics import DECISION_THRESHOLD
-from mstnet.models.output import foreground_map
 
 if TYPE_CHECKING:
     from mstnet.experiments.runner import RunOptions
@@ -42,17 +42,15 @@ def youden_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> f
     return float(min(max(thresholds[best], 0.0), 1.0))
 
 
-def predict(model: torch.nn.Module, loader, device: torch.device, use_clinical: bool, amp: bool):
-    """Yield (batch, malignancy probability [B] or None, foreground probability [B, T, D, H, W] or None)."""
+def predict(model: torch.nn.Module, loader, device: torch.device, use_clinical: bool, amp: bool,
+            mirroring: bool = False):
+    """Yield (batch, malignancy probability [B] or None, foreground probability [B, T, D, H, W] or None),
+    averaged over mirrored inputs with ``mirroring`` (:func:`mstnet.experiments.test_time.predict_batch`)."""
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            moved = move_batch(batch, device)
-            with autocast_context(device, amp):
-                output = forward_batch(model, moved, use_clinical)
-            probability = malignancy_probability(output.cls_logits).cpu() if output.cls_logits is not None else None
-            foreground = (foreground_map(output.seg_logits.float())[:, :, 0].cpu()
-                          if output.seg_logits is not None else None)
+            probability, foreground = predict_batch(model, move_batch(batch, device), device, use_clinical, amp,
+                                                    mirroring)
             yield batch, probability, foreground
 
 
@@ -95,7 +93,8 @@ def validation_threshold(model, data: FoldData, spec: ExperimentSpec, options: R
         return DECISION_THRESHOLD
     labels, probabilities = [], []
     loader = data_loader(data.validation, options.preset.batch_size, False, 0, options.device, options.workers)
-    for batch, probability, _ in predict(model, loader, options.device, spec.data_view.use_clinical, recipe.amp):
+    for batch, probability, _ in predict(model, loader, options.device, spec.data_view.use_clinical, recipe.amp,
+                                       recipe.test_time_mirroring):
         labels += batch["label"].tolist()
         probabilities += probability.tolist()
     return youden_threshold(labels, probabilities)
@@ -135,7 +134,8 @@ def evaluate_fold(model, data: FoldData, spec: ExperimentSpec, options: RunOptio
         exporter = PredictionWriter(export_dir, {"source": "mstnet run --export-masks", "experiment": spec.name,
                                                  "fold": fold, "timepoints": spec.data_view.timepoints})
     loader = data_loader(data.test, options.preset.batch_size, False, 0, options.device, options.workers)
-    for batch, probability, foreground in predict(model, loader, options.device, spec.data_view.use_clinical, recipe.amp):
+    for batch, probability, foreground in predict(model, loader, options.device, spec.data_view.use_clinical,
+                                                  recipe.amp, recipe.test_time_mirroring):
         for i, patient_id in enumerate(batch["patient_id"]):
             if probability is not None:
                 patients.append({"patient_id": patient_id, "fold": fold, "label": int(batch["label"][i]),

@@ -70,8 +70,9 @@ def environment(device: torch.device) -> dict[str, Any]:
 def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "classification"),
                    cached_stage: bool | None = None) -> str:
     """One line naming what a recipe does for a model with ``tasks``, for table footnotes: the stages
-    that train, optimizer and rate, schedule, epochs per stage, bias initialisation, and whether the
-    classification stage read cached frozen outputs (``cached_stage``; None: as the recipe asks).
+    that train, optimizer and rate, schedule, epochs per stage, bias initialisation, whether the
+    classification stage read cached frozen outputs (``cached_stage``; None: as the recipe asks), and
+    test-time mirroring.
 
     Raises:
         ValueError: the recipe trains nothing for ``tasks`` (:func:`mstnet.experiments.training.stages_for`).
@@ -89,7 +90,8 @@ def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "clas
             + (", output biases at the priors" if recipe.output_bias_init else "")
             + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations, "
                f"batch {recipe.frozen_stage_batch_size or recipe.batch_size})"
-               if cached and any(stage.name == "classification" for stage in stages) else ""))
+               if cached and any(stage.name == "classification" for stage in stages) else "")
+            + (", test-time mirroring (8 flips)" if recipe.test_time_mirroring else ""))
 
 
 class FoldAttempts:

@@ -152,6 +152,8 @@ class FoldModel:
     encoder: Any
     use_clinical: bool
     amp: bool
+    mirroring: bool = False
+    """Test-time mirroring, as the fold's recipe evaluated its test patients (``test_time_mirroring``)."""
 
 
 def _read_json(path: Path) -> Any:
@@ -259,7 +261,8 @@ def load_fold_model(fold_dir: Path, training: Cohort, splits, device: torch.devi
     state = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.to(device).eval()
-    return FoldModel(fold_index, model, encoder, spec.data_view.use_clinical, bool(recipe.get("amp", False)))
+    return FoldModel(fold_index, model, encoder, spec.data_view.use_clinical, bool(recipe.get("amp", False)),
+                     bool(recipe.get("test_time_mirroring", False)))
 
 
 def _with_clinical(batch: dict, patients: Sequence, encoder) -> dict:
@@ -321,7 +324,7 @@ def _predict_batches(loader, patients_of: dict, models: Sequence[FoldModel], dev
         for fold_model in models:
             fold_batch = _with_clinical(batch, patients, fold_model.encoder)
             for _, probability, foreground in predict(fold_model.model, [fold_batch], device,
-                                                      fold_model.use_clinical, fold_model.amp):
+                                                      fold_model.use_clinical, fold_model.amp, fold_model.mirroring):
                 probabilities.append(probability)
                 foregrounds.append(foreground)
         probability = torch.stack(probabilities).double().mean(0) if probabilities[0] is not None else None

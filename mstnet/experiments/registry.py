@@ -102,7 +102,10 @@ class Recipe:
     frozen segmentation network's outputs once per fold for each training patient and each of
     the first ``frozen_stage_augmentations`` in-plane flips and rotations, and trains the
     classification stage on them (:mod:`mstnet.experiments.frozen_stage`), in batches of
-    ``frozen_stage_batch_size`` patients (0: ``batch_size``).
+    ``frozen_stage_batch_size`` patients (0: ``batch_size``); ``test_time_mirroring`` averages
+    the trained model's foreground and malignancy probabilities over the 8 flips of the input's
+    depth, height and width axes on the inner-validation threshold, the test fold and ``mstnet
+    predict`` (:mod:`mstnet.experiments.test_time`; the epoch is still chosen unmirrored).
 
     Budget: a run preset sets ``batch_size`` for every experiment, and by default its
     ``epochs`` and ``early_stopping_patience`` too
@@ -139,6 +142,7 @@ class Recipe:
     frozen_stage_batch_size: int = 0
     budget_from_preset: bool = True
     optimizer: str = "adam"
+    test_time_mirroring: bool = False
 
 
 @dataclass(frozen=True)
