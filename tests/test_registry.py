@@ -103,3 +103,14 @@ def test_importing_the_ablations_first_gives_the_same_registry():
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == names
+
+
+def test_every_trained_row_mirrors_at_test_time_on_the_cpu_preset_only():
+    """The cpu recipes carry test-time mirroring (mstnet.experiments.recipes.TEST_TIME_MIRRORING); the release's
+    recipes (paper and tiny presets) leave it off."""
+    trained = [spec for spec in list_experiments() if spec.kind == "torch" and spec.group in ("paper-table", "reference", "ablation")]
+    assert len(trained) > 20
+    for spec in trained:
+        assert spec.recipe_for("cpu").test_time_mirroring, spec.name
+        assert not spec.recipe_for("paper").test_time_mirroring, spec.name
+        assert not spec.recipe_for("tiny").test_time_mirroring, spec.name

@@ -109,6 +109,6 @@ register_experiment(
     search_space=mstnet_search_space,
     footnote="cpu preset: output biases at the priors, warm-up then cosine per step, learning rate 3e-3; the "
              "classification stage trains 16 epochs on cached frozen outputs of 8 in-plane flips/rotations, 8 patients per "
-             "step; tiny "
+             "step; predictions averaged over 8 test-time flips; tiny "
              "preset at learning rate 1e-3; the release's recipe at paper size.",
 )(mstnet_builder())
