@@ -249,7 +249,7 @@ def _evaluate(cohort: Cohort, model: torch.nn.Module) -> list[dict]:
     data = SimpleNamespace(test=dataset, validation=dataset)
     spec = SimpleNamespace(tasks=("segmentation",), data_view=SimpleNamespace(use_clinical=False))
     options = SimpleNamespace(preset=SimpleNamespace(batch_size=1), device=torch.device("cpu"), workers=0)
-    return evaluate_fold(model, data, spec, options, SimpleNamespace(amp=False), fold=0).scans
+    return evaluate_fold(model, data, spec, options, SimpleNamespace(amp=False, test_time_mirroring=False), fold=0).scans
 
 
 def test_evaluate_fold_scores_each_scan_on_its_whole_field_at_its_own_spacing(tmp_path):
