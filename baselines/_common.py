@@ -261,16 +261,17 @@ def register_latest_scan_classifier(name: str, network: Callable[..., nn.Module]
                                footnote=footnote)(build)
 
 
-def register_multitask_row(name: str, *, description: str, table_row: str, footnote: str,
-                           weight_decay: float) -> Callable[[Callable[[ModelContext], nn.Module]], Callable[[ModelContext], nn.Module]]:
+def register_multitask_row(name: str, *, description: str, table_row: str, footnote: str, weight_decay: float,
+                           cpu_bf16: bool = False) -> Callable[[Callable[[ModelContext], nn.Module]], Callable[[ModelContext], nn.Module]]:
     """The ``register_experiment`` decorator of a Table-1 multi-task row (ACSNet, MLTN).
 
     The row segments both scans and classifies the patient without the clinical record, on an equal
     sum of the two losses (0.5 each) by the release's recipe at learning rate 1e-3 and ``weight_decay``,
-    and at the cpu preset by the short run (:func:`~mstnet.experiments.recipes.with_cpu_recipe`).
+    and at the cpu preset by the short run (:func:`~mstnet.experiments.recipes.with_cpu_recipe`), there
+    with bf16 training steps when ``cpu_bf16`` (``Recipe.cpu_bf16``).
     """
     recipe = with_cpu_recipe(Recipe(learning_rate=1e-3, weight_decay=weight_decay, seg_loss_weight=0.5,
-                                    cls_loss_weight=0.5))
+                                    cls_loss_weight=0.5), cpu_bf16=cpu_bf16)
     return register_experiment(name, description=description, tasks=("segmentation", "classification"),
                                group="paper-table", table_row=table_row,
                                data_view=DataView(timepoints=2, use_clinical=False), recipe=recipe, footnote=footnote)

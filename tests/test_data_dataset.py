@@ -117,6 +117,46 @@ def test_augmentation_moves_all_time_points_with_the_same_random_draw():
     assert changed == 8  # a rotation by 90, 180 or 270 degrees always happens
 
 
+def _ball(shape, radius):
+    """A ball of ``radius`` voxels at the centre of ``shape``, as float32 0/1."""
+    grid = np.indices(shape).astype(np.float64)
+    centre = np.array([(n - 1) / 2 for n in shape]).reshape(3, 1, 1, 1)
+    return (np.sqrt(((grid - centre) ** 2).sum(0)) <= radius).astype(np.float32)
+
+
+def test_zoom_scales_the_nodule_volume_by_the_cube_of_the_drawn_factor_for_every_time_point():
+    ball = _ball((32, 32, 32), 8.0)
+    data = {"image": torch.from_numpy(np.stack([ball * 3.0 - 1.0] * 2)), "mask": torch.from_numpy(np.stack([ball] * 2))}
+    augment = augmentation_transform(AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, zoom_prob=1.0),
+                                     (32, 32, 32), seed=5)
+    factors, volumes = [], []
+    for _ in range(12):
+        out = augment({k: v.clone() for k, v in data.items()})
+        factor = augment.transforms[0].rand_zoom._zoom[0]
+        image, mask = np.asarray(out["image"]), np.asarray(out["mask"])
+        assert mask.shape == (2, 32, 32, 32) and set(np.unique(mask)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(image[0], image[1])  # every time point gets the same zoom
+        np.testing.assert_array_equal(mask[0], mask[1])
+        # MONAI rounds the zoomed size to whole voxels, so the volume follows factor ** 3 only roughly
+        assert mask[0].sum() == pytest.approx(ball.sum() * factor ** 3, rel=0.25)
+        assert ((image[0] > 0.5) == (mask[0] > 0)).mean() > 0.985  # the mask stays on the zoomed image
+        factors.append(factor)
+        volumes.append(mask[0].sum())
+    assert np.corrcoef(np.argsort(np.argsort(factors)), np.argsort(np.argsort(volumes)))[0, 1] > 0.9
+    assert min(factors) >= 0.7 and max(factors) <= 1.4 and max(factors) - min(factors) > 0.1
+
+
+def test_zoom_is_absent_at_probability_zero_so_the_default_draws_do_not_change():
+    from monai.transforms import RandZoomd
+
+    assert not any(isinstance(t, RandZoomd) for t in augmentation_transform(AugmentConfig(), (8, 8, 8)).transforms)
+    assert isinstance(augmentation_transform(AugmentConfig(zoom_prob=0.2), (8, 8, 8)).transforms[0], RandZoomd)
+    with pytest.raises(ValueError, match="zoom_prob"):
+        AugmentConfig(zoom_prob=1.5)
+    with pytest.raises(ValueError, match="zoom_range"):
+        AugmentConfig(zoom_range=(1.4, 0.7))
+
+
 def test_preprocess_config_rejects_bad_values_with_the_argument_named():
     with pytest.raises(ValueError, match="normalisation"):
         PreprocessConfig(normalisation="minmax")

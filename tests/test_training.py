@@ -145,8 +145,22 @@ def test_segmentation_epochs_lengthens_only_the_segmentation_stage():
     assert "cached" not in classifier_only
     assert "mirroring" not in recipe_summary(two_stage)
     assert recipe_summary(replace(two_stage, test_time_mirroring=True)).endswith(", test-time mirroring (8 flips)")
+    assert "scale augmentation" not in recipe_summary(two_stage)
+    assert recipe_summary(replace(two_stage, scale_augmentation=0.2, cpu_bf16=True, test_time_mirroring=True)).endswith(
+        ", scale augmentation (p 0.2, x0.7-1.4), bf16 training steps on the CPU, test-time mirroring (8 flips)")
     with pytest.raises(UsageError, match="segmentation_epochs must be 0"):
         checked_recipe("mstnet", two_stage, {"segmentation_epochs": -1})
+    with pytest.raises(UsageError, match="scale_augmentation must be a probability"):
+        checked_recipe("mstnet", two_stage, {"scale_augmentation": 1.5})
+
+
+def test_the_recipe_sets_the_training_augmentation():
+    from mstnet.data.transforms import AugmentConfig
+    from mstnet.experiments.fold_data import training_augmentation
+
+    assert training_augmentation(Recipe()) == AugmentConfig()
+    assert training_augmentation(Recipe(scale_augmentation=0.2)) == AugmentConfig(zoom_prob=0.2)
+    assert training_augmentation(Recipe(augment=False, scale_augmentation=0.2)) is False
 
 
 def test_channels_last_changes_layout_not_values():
@@ -212,3 +226,22 @@ def test_an_unknown_optimizer_is_refused_in_one_line():
     message = str(refused.value)
     assert "\n" not in message
     assert "optimizer 'rmsprop'" in message and "adam, adamw, sgd" in message
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_cpu_bf16_autocasts_the_training_steps_only(cpu_bf16):
+    from mstnet.experiments.training import autocast_context
+
+    torch.manual_seed(0)
+    model = TinyTwoTaskNet()
+    seen: list[tuple[bool, torch.dtype]] = []
+    model.segmenter.register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
+    recipe = Recipe(epochs=1, learning_rate=1e-2, stages=("segmentation",), seed=3, cpu_bf16=cpu_bf16)
+    fit(model, _train_loader, VALIDATION, recipe, ("segmentation",), None, torch.device("cpu"), use_clinical=False,
+        progress=False)
+    training_dtypes = {dtype for training, dtype in seen if training}
+    assert training_dtypes == {torch.bfloat16 if cpu_bf16 else torch.float32}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # validation stays float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
+    with autocast_context(torch.device("cpu"), enabled=True):  # the CUDA switch alone leaves the CPU in float32
+        assert nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.float32

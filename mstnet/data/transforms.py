@@ -26,7 +26,7 @@ a uniform integer draw in ``[-s, s]`` voxels per axis (:attr:`AugmentConfig.shif
 :func:`jitter_offsets`, one draw per patient and epoch for all its time points); the dataset
 caches a box enlarged by ``s`` on each side and takes the ``crop_size`` crop inside it
 (validation and test datasets: the plain ``crop_size`` crop on the location, no shift). Then
-(:func:`augmentation_transform`) MONAI ``RandFlipd`` (each axis), ``RandRotate90d`` (in plane,
+(:func:`augmentation_transform`) MONAI ``RandZoomd`` (only with ``zoom_prob`` > 0), ``RandFlipd`` (each axis), ``RandRotate90d`` (in plane,
 only for square crops) and ``RandGaussianNoised``. Because the time points are channels of one
 array, every scan of a patient gets the same flips and rotation (one random draw); the noise
 is applied to all scans or none, with an independent noise field per scan, as independent
@@ -49,6 +49,7 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandRotate90d,
+    RandZoomd,
     ScaleIntensityRanged,
     Spacing,
 )
@@ -109,6 +110,11 @@ class AugmentConfig:
         rotate90_prob: probability of an in-plane rotation by 90, 180 or 270 degrees (square crops only). Default 0.5.
         noise_prob: probability of additive Gaussian noise. Default 0.2.
         noise_std: its standard deviation in normalised intensity units. Default 0.05.
+        zoom_prob: probability of a zoom of the crop (all axes by one factor, as nnU-Net's
+            scaling; image trilinear, mask nearest, the crop's size kept: centre cut when
+            zooming in, edge-padded when zooming out). Default 0.0 (off).
+        zoom_range: ``(low, high)`` zoom factor, drawn uniformly. Default ``(0.7, 1.4)``,
+            nnU-Net's range: a factor 1.4 shows a 14 mm nodule as a 20 mm one.
         shift_voxels: ``(z, y, x)`` largest shift of the training crop's centre from the nodule
             location, drawn uniformly among the integers ``-s .. s`` per axis, one draw per
             patient and epoch (all its time points move together). Default ``(1, 4, 4)``: the
@@ -121,9 +127,16 @@ class AugmentConfig:
     rotate90_prob: float = 0.5
     noise_prob: float = 0.2
     noise_std: float = 0.05
+    zoom_prob: float = 0.0
+    zoom_range: tuple[float, float] = (0.7, 1.4)
     shift_voxels: tuple[int, int, int] = (1, 4, 4)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.zoom_prob <= 1.0:
+            raise ValueError(f"zoom_prob must be a probability in [0, 1], got {self.zoom_prob}")
+        if len(self.zoom_range) != 2 or not 0.0 < self.zoom_range[0] <= self.zoom_range[1]:
+            raise ValueError(f"zoom_range must be (low, high) with 0 < low <= high, got {self.zoom_range}")
+        object.__setattr__(self, "zoom_range", tuple(float(z) for z in self.zoom_range))
         if len(self.shift_voxels) != 3 or any(int(s) < 0 for s in self.shift_voxels):
             raise ValueError(f"shift_voxels must be three non-negative voxel counts (z, y, x), got {self.shift_voxels}")
         object.__setattr__(self, "shift_voxels", tuple(int(s) for s in self.shift_voxels))
@@ -276,7 +289,11 @@ def preprocessing_transform(config: PreprocessConfig) -> Compose:
 def augmentation_transform(config: AugmentConfig, crop_size: Sequence[int], seed: int = 0) -> Compose:
     """Random transforms applied identically to all time points (stacked as channels); seeded."""
     keys = ("image", "mask")
-    steps: list = [RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis) for axis in range(3)]
+    steps: list = []
+    if config.zoom_prob > 0:
+        steps.append(RandZoomd(keys, prob=config.zoom_prob, min_zoom=config.zoom_range[0], max_zoom=config.zoom_range[1],
+                               mode=("trilinear", "nearest-exact"), padding_mode="edge", keep_size=True))
+    steps += [RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis) for axis in range(3)]
     if crop_size[1] == crop_size[2]:
         steps.append(RandRotate90d(keys, prob=config.rotate90_prob, max_k=3, spatial_axes=(1, 2)))
     steps.append(RandGaussianNoised("image", prob=config.noise_prob, mean=0.0, std=config.noise_std))

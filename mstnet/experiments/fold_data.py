@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import PatientDataset, collate_patients
-from mstnet.data.transforms import PreprocessConfig
-from mstnet.experiments.registry import ExperimentSpec
+from mstnet.data.transforms import AugmentConfig, PreprocessConfig
+from mstnet.experiments.registry import ExperimentSpec, Recipe
 from mstnet.experiments.splits import Fold
 
 if TYPE_CHECKING:
@@ -20,23 +20,31 @@ if TYPE_CHECKING:
 
 
 class FoldData:
-    """The three datasets of one fold, sharing a clinical coder fitted on ``train`` only."""
+    """The three datasets of one fold, sharing a clinical coder fitted on ``train`` only; ``augment``
+    is the training dataset's augmentation (``False``: none)."""
 
-    def __init__(self, cohort: Cohort, fold: Fold, spec: ExperimentSpec, options: RunOptions):
+    def __init__(self, cohort: Cohort, fold: Fold, spec: ExperimentSpec, options: RunOptions,
+                 augment: AugmentConfig | bool = True):
         self.encoder = ClinicalCoder(cohort.clinical_schema.restricted_to(spec.data_view.clinical_sources)).fit(cohort.subset(fold.train))
         preprocess = PreprocessConfig(crop_size=options.preset.crop_size, crop_mode=options.preset.crop_mode)
         timepoints = spec.data_view.timepoints
 
-        def dataset(ids: Sequence[str], augment: bool) -> PatientDataset:
+        def dataset(ids: Sequence[str], augmentation: AugmentConfig | bool) -> PatientDataset:
             return PatientDataset(cohort.subset(ids), self.encoder, preprocess, timepoints=timepoints,
-                                  augment=augment, cache_dir=options.cache_dir)
+                                  augment=augmentation, cache_dir=options.cache_dir)
 
-        self.train = dataset(fold.train, augment=True)
-        self.validation = dataset(fold.validation, augment=False)
-        self.train_plain = dataset(fold.train, augment=False)
+        self.train = dataset(fold.train, augment)
+        self.validation = dataset(fold.validation, False)
+        self.train_plain = dataset(fold.train, False)
         """The training patients without augmentation (the cached classification stage)."""
-        self.test = dataset(fold.test, augment=False)
+        self.test = dataset(fold.test, False)
         self.timepoints = timepoints
+
+
+def training_augmentation(recipe: Recipe) -> AugmentConfig | bool:
+    """The training dataset's augmentation under ``recipe``: none without ``augment``, else the
+    defaults with ``scale_augmentation`` as the zoom probability."""
+    return AugmentConfig(zoom_prob=recipe.scale_augmentation) if recipe.augment else False
 
 
 def data_loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device, workers: int = 0) -> DataLoader:

@@ -72,7 +72,7 @@ def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "clas
     """One line naming what a recipe does for a model with ``tasks``, for table footnotes: the stages
     that train, optimizer and rate, schedule, epochs per stage, bias initialisation, whether the
     classification stage read cached frozen outputs (``cached_stage``; None: as the recipe asks), and
-    test-time mirroring.
+    scale augmentation, bf16 training steps on the CPU and test-time mirroring.
 
     Raises:
         ValueError: the recipe trains nothing for ``tasks`` (:func:`mstnet.experiments.training.stages_for`).
@@ -91,6 +91,8 @@ def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "clas
             + (f", classification stage on cached frozen outputs ({recipe.frozen_stage_augmentations} augmentations, "
                f"batch {recipe.frozen_stage_batch_size or recipe.batch_size})"
                if cached and any(stage.name == "classification" for stage in stages) else "")
+            + (f", scale augmentation (p {recipe.scale_augmentation:g}, x0.7-1.4)" if recipe.scale_augmentation else "")
+            + (", bf16 training steps on the CPU" if recipe.cpu_bf16 else "")
             + (", test-time mirroring (8 flips)" if recipe.test_time_mirroring else ""))
 
 

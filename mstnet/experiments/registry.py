@@ -105,7 +105,13 @@ class Recipe:
     ``frozen_stage_batch_size`` patients (0: ``batch_size``); ``test_time_mirroring`` averages
     the trained model's foreground and malignancy probabilities over the 8 flips of the input's
     depth, height and width axes on the inner-validation threshold, the test fold and ``mstnet
-    predict`` (:mod:`mstnet.experiments.test_time`; the epoch is still chosen unmirrored).
+    predict`` (:mod:`mstnet.experiments.test_time`; the epoch is still chosen unmirrored);
+    ``scale_augmentation`` is the probability that a training patient's crop is zoomed by a
+    factor drawn from 0.7 to 1.4, every time point alike (nnU-Net's scaling;
+    :attr:`mstnet.data.transforms.AugmentConfig.zoom_prob`). ``augment=False`` trains on the
+    plain crops (no augmentation at all). ``cpu_bf16`` runs the training steps on a CPU under bf16
+    autocast (:func:`mstnet.experiments.training.autocast_context`; validation, the test fold and
+    ``mstnet predict`` stay float32).
 
     Budget: a run preset sets ``batch_size`` for every experiment, and by default its
     ``epochs`` and ``early_stopping_patience`` too
@@ -143,6 +149,8 @@ class Recipe:
     budget_from_preset: bool = True
     optimizer: str = "adam"
     test_time_mirroring: bool = False
+    scale_augmentation: float = 0.0
+    cpu_bf16: bool = False
 
 
 @dataclass(frozen=True)
@@ -373,6 +381,8 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
         raise UsageError(f"{owner}: frozen_stage_augmentations must be 1..16, got {values['frozen_stage_augmentations']!r}")
     if not 0 <= values["warmup_fraction"] < 1:
         raise UsageError(f"{owner}: warmup_fraction must be in [0, 1), got {values['warmup_fraction']!r}")
+    if not 0 <= values["scale_augmentation"] <= 1:
+        raise UsageError(f"{owner}: scale_augmentation must be a probability in [0, 1], got {values['scale_augmentation']!r}")
     unknown_stages = [name for name in values["stages"] if name not in ("joint", "segmentation", "classification")]
     if unknown_stages or not values["stages"]:
         raise UsageError(f"{owner}: stages {values['stages']!r}: each must be joint, segmentation or classification")

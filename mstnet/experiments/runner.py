@@ -30,7 +30,7 @@ from mstnet.errors import UsageError
 from mstnet.experiments.distributed import DistributedModel, is_main_process
 from mstnet.experiments.evaluation_fold import evaluate_fold, write_gallery, youden_threshold
 from mstnet.experiments.fold_configuration import fold_configuration, model_context, resolve_recipe, tabular_context
-from mstnet.experiments.fold_data import FoldData, data_loader
+from mstnet.experiments.fold_data import FoldData, data_loader, training_augmentation
 from mstnet.experiments.fold_metrics import fold_metrics
 from mstnet.experiments.fold_record import FoldAttempts, FoldRecord, fold_log, recipe_summary, write_json
 from mstnet.experiments.identity import CONFIG_FILE, identity_conflict, refuse_conflicts
@@ -255,7 +255,7 @@ def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fo
     options, record = fold.options, fold.record
     recipe = resolve_recipe(spec, options)
     seed_everything(recipe.seed + fold_index)
-    data = FoldData(cohort, splits.folds[fold_index], spec, options)
+    data = FoldData(cohort, splits.folds[fold_index], spec, options, training_augmentation(recipe))
     model, trained = _fold_model(spec, data, recipe, options, fold_index)
     result = _fit_fold(model, trained, data, spec, recipe, fold)
     history = pd.DataFrame([vars(r) for r in result.history])

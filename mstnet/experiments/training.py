@@ -140,8 +140,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA devices that support it, fp16 otherwise; nothing on the CPU."""
+def autocast_context(device: torch.device, enabled: bool, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA devices that support it, fp16 otherwise (``enabled``); on the CPU, bf16
+    autocast with ``cpu_bf16`` (oneDNN runs convolutions and matrix products in bf16 where the CPU
+    has AMX or AVX-512 BF16), else nothing."""
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else nullcontext()
     if not enabled or device.type != "cuda":
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -309,7 +313,7 @@ def _train_steps(run: _Fit, stage_run: _StageRun, state: TrainingState, seed: in
     step = -1
     for step, batch in enumerate(stage_run.train_batches(seed)):
         batch = move_batch(batch, run.device)
-        with autocast_context(run.device, recipe.amp):
+        with autocast_context(run.device, recipe.amp, recipe.cpu_bf16):
             output = forward_batch(run.model, batch, run.use_clinical)
             loss, _ = stage_run.loss_fn(output, batch["mask"], batch["label"], batch["has_mask"])
         stage_run.scaler.scale(loss / recipe.gradient_accumulation).backward()
