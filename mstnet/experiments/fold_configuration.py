@@ -16,6 +16,7 @@ from mstnet.experiments.fold_record import json_default
 from mstnet.experiments.identity import IDENTITY_KEY, PRESET_FIELDS_OUTSIDE_IDENTITY, cohort_fingerprint, configuration_hash
 from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe, checked_recipe, split_overrides
 from mstnet.experiments.splits import Splits
+from mstnet.experiments.training import stages_for
 
 if TYPE_CHECKING:
     from mstnet.experiments.runner import RunOptions
@@ -29,7 +30,9 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     replicate ``options.seed_index`` (the recipe's seed plus it).
 
     Raises:
-        UsageError: a recipe field of the wrong type or out of range.
+        UsageError: a recipe field of the wrong type or out of range; ``large_nodule_weight`` for a
+            recipe whose training loader trains the classifier (a joint stage, or a classification
+            stage without ``frozen_stage_cache``).
     """
     preset = options.preset
     recipe = replace(spec.recipe_for(preset.name), batch_size=preset.batch_size)
@@ -39,6 +42,13 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
         recipe = replace(recipe, epochs=preset.epochs, stage_epochs=None)
     recipe_overrides, _ = split_overrides(options.params)
     recipe = checked_recipe(spec.name, recipe, {**options.table_recipe, **recipe_overrides})
+    if recipe.large_nodule_weight != 1:
+        classifying = [stage.name for stage in stages_for(recipe, spec.tasks) if stage.name == "joint"
+                       or (stage.name == "classification" and not recipe.frozen_stage_cache)]
+        if classifying:
+            raise UsageError(f"{spec.name}: large_nodule_weight would shift the malignancy mix its {classifying[0]} "
+                             "stage trains on (every large nodule is a risk factor); it applies to segmentation "
+                             "stages and a classification stage on the frozen-stage cache only")
     return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
 
 

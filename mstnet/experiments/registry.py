@@ -111,7 +111,12 @@ class Recipe:
     :attr:`mstnet.data.transforms.AugmentConfig.zoom_prob`). ``augment=False`` trains on the
     plain crops (no augmentation at all). ``cpu_bf16`` runs the training steps on a CPU under bf16
     autocast (:func:`mstnet.experiments.training.autocast_context`; validation, the test fold and
-    ``mstnet predict`` stay float32).
+    ``mstnet predict`` stay float32). ``large_nodule_weight`` (1: off) is the sampling weight of
+    training patients with a nodule larger than :data:`mstnet.experiments.fold_data.LARGE_NODULE_MM`
+    in the training loader, drawn with replacement, as many patients per epoch as without it
+    (:func:`mstnet.experiments.fold_data.large_nodule_weights`); since every stage that reads the
+    loader would see the shifted malignancy mix, a fold refuses it where a stage that trains the
+    classifier reads that loader (joint stages, a classification stage without the frozen cache).
 
     Budget: a run preset sets ``batch_size`` for every experiment, and by default its
     ``epochs`` and ``early_stopping_patience`` too
@@ -151,6 +156,7 @@ class Recipe:
     test_time_mirroring: bool = False
     scale_augmentation: float = 0.0
     cpu_bf16: bool = False
+    large_nodule_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,8 @@ def checked_recipe(owner: str, recipe: Recipe, overrides: Mapping[str, Any]) -> 
         raise UsageError(f"{owner}: warmup_fraction must be in [0, 1), got {values['warmup_fraction']!r}")
     if not 0 <= values["scale_augmentation"] <= 1:
         raise UsageError(f"{owner}: scale_augmentation must be a probability in [0, 1], got {values['scale_augmentation']!r}")
+    if values["large_nodule_weight"] < 1:
+        raise UsageError(f"{owner}: large_nodule_weight must be at least 1 (1: off), got {values['large_nodule_weight']!r}")
     unknown_stages = [name for name in values["stages"] if name not in ("joint", "segmentation", "classification")]
     if unknown_stages or not values["stages"]:
         raise UsageError(f"{owner}: stages {values['stages']!r}: each must be joint, segmentation or classification")

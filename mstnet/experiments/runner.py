@@ -30,7 +30,8 @@ from mstnet.errors import UsageError
 from mstnet.experiments.distributed import DistributedModel, is_main_process
 from mstnet.experiments.evaluation_fold import evaluate_fold, write_gallery, youden_threshold
 from mstnet.experiments.fold_configuration import fold_configuration, model_context, resolve_recipe, tabular_context
-from mstnet.experiments.fold_data import FoldData, data_loader, training_augmentation
+from mstnet.experiments.fold_data import (LARGE_NODULE_MM, FoldData, data_loader, large_nodule_weights, largest_nodule_diameters_mm,
+                                          training_augmentation)
 from mstnet.experiments.fold_metrics import fold_metrics
 from mstnet.experiments.fold_record import FoldAttempts, FoldRecord, fold_log, recipe_summary, write_json
 from mstnet.experiments.identity import CONFIG_FILE, identity_conflict, refuse_conflicts
@@ -45,6 +46,7 @@ from mstnet.experiments.training import (
     forward_batch,
     move_batch,
     seed_everything,
+    stages_for,
     to_channels_last,
 )
 
@@ -229,17 +231,25 @@ def _uses_frozen_stage(model: torch.nn.Module, trained: torch.nn.Module, recipe:
 def _fit_fold(model, trained, data: FoldData, spec: ExperimentSpec, recipe: Recipe, fold: OpenFold) -> FitResult:
     """Train the fold's model by its recipe, the output-bias initialisation and frozen-stage cache included."""
     options = fold.options
+    frozen_stage = _frozen_stage_factory(model, data, recipe, options) if _uses_frozen_stage(model, trained, recipe) else None
+    weights = None
+    if recipe.large_nodule_weight != 1:
+        if frozen_stage is None and any(stage.name == "classification" for stage in stages_for(recipe, spec.tasks)):
+            raise UsageError(f"{spec.name}: large_nodule_weight needs the classification stage on the frozen-stage "
+                             "cache, which this model or a DDP run cannot use")
+        weights = large_nodule_weights(largest_nodule_diameters_mm(data.train), recipe.large_nodule_weight)
+        log.info("%s: %d of %d training patients with a nodule over %g mm, sampled with weight %g", spec.name,
+                 int((weights > 1).sum()), len(weights), LARGE_NODULE_MM, recipe.large_nodule_weight)
 
     def train_loader(seed: int):
         if hasattr(data.train, "set_augmentation_seed"):
             data.train.set_augmentation_seed(seed)
-        loader = data_loader(data.train, recipe.batch_size, True, seed, options.device, options.workers)
+        loader = data_loader(data.train, recipe.batch_size, True, seed, options.device, options.workers, weights)
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(seed)
         return loader
 
     on_stage_start = _bias_initialiser(model, data, spec, options) if recipe.output_bias_init else None
-    frozen_stage = _frozen_stage_factory(model, data, recipe, options) if _uses_frozen_stage(model, trained, recipe) else None
     tracking = fold.tracking
     if tracking:
         tracking.attach(model, data.validation, options.device, spec.data_view.use_clinical, recipe.amp)

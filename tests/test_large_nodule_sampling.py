@@ -1,0 +1,62 @@
+"""Recipe.large_nodule_weight: training patients with a nodule over LARGE_NODULE_MM drawn more often."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mstnet.data.clinical import ClinicalCoder
+from mstnet.data.dataset import PatientDataset
+from mstnet.data.features import patient_features
+from mstnet.data.transforms import PreprocessConfig
+from mstnet.errors import UsageError
+from mstnet.experiments.fold_data import (LARGE_NODULE_MM, data_loader, large_nodule_weights,
+                                          largest_nodule_diameters_mm)
+from mstnet.experiments.fold_record import recipe_summary
+from mstnet.experiments.presets import run_preset
+from mstnet.experiments.registry import Recipe, checked_recipe, get_experiment
+from mstnet.experiments.runner import RunOptions, resolve_recipe
+
+
+def test_largest_diameter_in_the_crops_equals_the_whole_masks_diameter(tiny_cohort):
+    dataset = PatientDataset(tiny_cohort, ClinicalCoder(tiny_cohort.clinical_schema).fit(tiny_cohort),
+                             PreprocessConfig(crop_size=(8, 16, 16)), timepoints=2)
+    features = patient_features(tiny_cohort, 2)
+    expected = features[["diameter_mm_t0", "diameter_mm_t1"]].max(axis=1).loc[tiny_cohort.patient_ids].to_numpy()
+    cube_mm3 = 5 ** 3 * 2.0 * 0.8 * 0.8  # the fixture's second scan: a 5-voxel cube at 2.0 x 0.8 x 0.8 mm
+    assert expected == pytest.approx(np.full(4, (6 * cube_mm3 / np.pi) ** (1 / 3)))
+    assert largest_nodule_diameters_mm(dataset) == pytest.approx(expected, rel=1e-9)
+
+
+def test_weights_mark_only_nodules_over_the_threshold():
+    weights = large_nodule_weights(np.array([5.0, LARGE_NODULE_MM, LARGE_NODULE_MM + 0.1, 27.0]), 3.0)
+    assert weights.tolist() == [1.0, 1.0, 3.0, 3.0]
+
+
+def test_weighted_loader_draws_each_patient_in_proportion_to_its_weight():
+    dataset = list(range(4))
+    weights = np.array([4.0, 1.0, 1.0, 1.0])
+    draws = np.concatenate([list(data_loader(dataset, 2, True, seed, torch.device("cpu"), weights=weights).sampler)
+                            for seed in range(500)])
+    assert len(draws) == 2000
+    counts = np.bincount(draws, minlength=4) / len(draws)
+    assert counts[0] == pytest.approx(4 / 7, abs=0.04)  # binomial sd 0.011 over 2000 draws
+    assert counts[1:] == pytest.approx(np.full(3, 1 / 7), abs=0.03)
+    first = list(data_loader(dataset, 2, True, 7, torch.device("cpu"), weights=weights).sampler)
+    assert first == list(data_loader(dataset, 2, True, 7, torch.device("cpu"), weights=weights).sampler)
+    with pytest.raises(ValueError, match="shuffled"):
+        data_loader(dataset, 2, False, 0, torch.device("cpu"), weights=weights)
+
+
+def test_the_weight_is_refused_where_the_loader_trains_the_classifier():
+    options = RunOptions(preset=run_preset("tiny"), device=torch.device("cpu"), params={"large_nodule_weight": 3})
+    with pytest.raises(UsageError, match="unetr: large_nodule_weight would shift the malignancy mix its joint stage"):
+        resolve_recipe(get_experiment("unetr"), options)
+    mstnet = resolve_recipe(get_experiment("mstnet"), RunOptions(preset=run_preset("cpu"), device=torch.device("cpu"),
+                                                                 params={"large_nodule_weight": 3}))
+    assert mstnet.large_nodule_weight == 3 and mstnet.frozen_stage_cache
+    assert ", patients with a nodule over 20 mm sampled x3" in recipe_summary(mstnet)
+    assert "sampled" not in recipe_summary(Recipe())
+    with pytest.raises(UsageError, match="large_nodule_weight must be at least 1"):
+        checked_recipe("mstnet", Recipe(), {"large_nodule_weight": 0.5})
