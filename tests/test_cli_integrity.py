@@ -319,12 +319,14 @@ def test_a_rerun_with_a_changed_setting_is_refused_naming_the_field_then_overwri
     before = _result_files(out)
     config = json.loads((out / "monai-basicunet" / "fold0" / "config.json").read_text())
     assert config["recipe"]["epochs"] == 1 and len(config["identity"]) == 64
+    assert "large_nodule_weight" not in config["recipe"]  # at its neutral value: identities of older results hold
 
     code, stderr = _run_cli(capsys, *RUN, "--data", str(base_cohort), "--out", str(out))
     assert code == 0 and _result_files(out) == before  # the same configuration: the finished fold is reused
 
     for change, field in ((("--epochs", "2"), "recipe.epochs: 1 -> 2"),
                           (("--set", "learning_rate=0.01"), "recipe.learning_rate"),
+                          (("--set", "large_nodule_weight=3"), "recipe.large_nodule_weight: '<absent>' -> 3"),
                           (("--set", "features=[4,4,8,8,16,8]"), "model.settings.features")):
         code, stderr = _run_cli(capsys, *RUN[:-2], "--epochs", "1", *change, "--data", str(base_cohort), "--out", str(out))
         line = _one_error_line(stderr)

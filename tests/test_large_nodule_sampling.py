@@ -14,6 +14,7 @@ from mstnet.errors import UsageError
 from mstnet.experiments.fold_data import (LARGE_NODULE_MM, data_loader, large_nodule_weights,
                                           largest_nodule_diameters_mm)
 from mstnet.experiments.fold_record import recipe_summary
+from mstnet.experiments.identity import recorded_recipe
 from mstnet.experiments.presets import run_preset
 from mstnet.experiments.registry import Recipe, checked_recipe, get_experiment
 from mstnet.experiments.runner import RunOptions, resolve_recipe
@@ -51,8 +52,9 @@ def test_weighted_loader_draws_each_patient_in_proportion_to_its_weight():
 
 def test_the_weight_is_refused_where_the_loader_trains_the_classifier():
     options = RunOptions(preset=run_preset("tiny"), device=torch.device("cpu"), params={"large_nodule_weight": 3})
-    with pytest.raises(UsageError, match="unetr: large_nodule_weight would shift the malignancy mix its joint stage"):
-        resolve_recipe(get_experiment("unetr"), options)
+    with pytest.raises(UsageError, match="mltn: large_nodule_weight would shift the malignancy mix its joint stage"):
+        resolve_recipe(get_experiment("mltn"), options)
+    assert resolve_recipe(get_experiment("unetr"), options).large_nodule_weight == 3  # its joint stage only segments
     mstnet = resolve_recipe(get_experiment("mstnet"), RunOptions(preset=run_preset("cpu"), device=torch.device("cpu"),
                                                                  params={"large_nodule_weight": 3}))
     assert mstnet.large_nodule_weight == 3 and mstnet.frozen_stage_cache
@@ -60,3 +62,11 @@ def test_the_weight_is_refused_where_the_loader_trains_the_classifier():
     assert "sampled" not in recipe_summary(Recipe())
     with pytest.raises(UsageError, match="large_nodule_weight must be at least 1"):
         checked_recipe("mstnet", Recipe(), {"large_nodule_weight": 0.5})
+
+
+def test_the_neutral_weight_is_left_out_of_the_recorded_recipe_so_older_results_keep_their_identity():
+    from dataclasses import asdict
+
+    recorded = recorded_recipe(asdict(Recipe()))
+    assert set(asdict(Recipe())) - set(recorded) == {"large_nodule_weight"}
+    assert recorded_recipe(asdict(Recipe(large_nodule_weight=3)))["large_nodule_weight"] == 3

@@ -13,7 +13,8 @@ from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort
 from mstnet.errors import UsageError
 from mstnet.experiments.fold_record import json_default
-from mstnet.experiments.identity import IDENTITY_KEY, PRESET_FIELDS_OUTSIDE_IDENTITY, cohort_fingerprint, configuration_hash
+from mstnet.experiments.identity import (IDENTITY_KEY, PRESET_FIELDS_OUTSIDE_IDENTITY, cohort_fingerprint, configuration_hash,
+                                        recorded_recipe)
 from mstnet.experiments.registry import ExperimentSpec, ModelContext, Recipe, checked_recipe, split_overrides
 from mstnet.experiments.splits import Splits
 from mstnet.experiments.training import stages_for
@@ -31,8 +32,8 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
 
     Raises:
         UsageError: a recipe field of the wrong type or out of range; ``large_nodule_weight`` for a
-            recipe whose training loader trains the classifier (a joint stage, or a classification
-            stage without ``frozen_stage_cache``).
+            recipe whose training loader trains a classifier (a joint stage of a model that
+            classifies, or a classification stage without ``frozen_stage_cache``).
     """
     preset = options.preset
     recipe = replace(spec.recipe_for(preset.name), batch_size=preset.batch_size)
@@ -43,8 +44,8 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     recipe_overrides, _ = split_overrides(options.params)
     recipe = checked_recipe(spec.name, recipe, {**options.table_recipe, **recipe_overrides})
     if recipe.large_nodule_weight != 1:
-        classifying = [stage.name for stage in stages_for(recipe, spec.tasks) if stage.name == "joint"
-                       or (stage.name == "classification" and not recipe.frozen_stage_cache)]
+        classifying = [stage.name for stage in stages_for(recipe, spec.tasks) if stage.cls_weight > 0
+                       and not (stage.name == "classification" and recipe.frozen_stage_cache)]
         if classifying:
             raise UsageError(f"{spec.name}: large_nodule_weight would shift the malignancy mix its {classifying[0]} "
                              "stage trains on (every large nodule is a risk factor); it applies to segmentation "
@@ -130,7 +131,7 @@ def fold_configuration(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fol
         model = _build_for_settings(spec, context)
     configuration = {
         "experiment": spec.metadata(), "fold": fold_index, "preset": preset,
-        "recipe": None if recipe is None else asdict(recipe),
+        "recipe": None if recipe is None else recorded_recipe(asdict(recipe)),
         "context": {k: v for k, v in asdict(context).items() if k != "settings"},
         "model": _model_record(model, context),
         "data": {"cohort_fingerprint": cohort_fingerprint(cohort), "splits_hash": splits.hash,

@@ -26,6 +26,17 @@ from mstnet.results_files import CONFIG_FILE
 IDENTITY_KEY = "identity"
 PRESET_FIELDS_OUTSIDE_IDENTITY = ("jobs",)
 """Preset fields that change how a run is scheduled, not what it computes."""
+RECIPE_FIELDS_RECORDED_WHEN_SET = {"large_nodule_weight": 1.0}
+"""Recipe fields added after results were first recorded, with the value that trains as before they
+existed: ``config.json`` holds one only when it differs from that value, so finished results keep
+their identity (and resume) across the upgrade that added it."""
+
+
+def recorded_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipe`` (a :class:`mstnet.experiments.registry.Recipe` as a dict) as ``config.json`` records it:
+    without the fields of :data:`RECIPE_FIELDS_RECORDED_WHEN_SET` at their neutral values."""
+    return {key: value for key, value in recipe.items()
+            if not (key in RECIPE_FIELDS_RECORDED_WHEN_SET and value == RECIPE_FIELDS_RECORDED_WHEN_SET[key])}
 
 
 def _file_size(path: Path) -> int | None:

@@ -115,8 +115,9 @@ class Recipe:
     training patients with a nodule larger than :data:`mstnet.experiments.fold_data.LARGE_NODULE_MM`
     in the training loader, drawn with replacement, as many patients per epoch as without it
     (:func:`mstnet.experiments.fold_data.large_nodule_weights`); since every stage that reads the
-    loader would see the shifted malignancy mix, a fold refuses it where a stage that trains the
-    classifier reads that loader (joint stages, a classification stage without the frozen cache).
+    loader would see the shifted malignancy mix, a fold refuses it where a stage that trains a
+    classifier reads that loader (the joint stage of a model that classifies, a classification
+    stage without the frozen cache).
 
     Budget: a run preset sets ``batch_size`` for every experiment, and by default its
     ``epochs`` and ``early_stopping_patience`` too
