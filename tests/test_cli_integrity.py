@@ -245,6 +245,10 @@ def test_a_gzip_stream_cut_short_is_named_even_when_its_header_reads(capsys, coh
     (["--set", "segmentation_epochs=-1"], ["segmentation_epochs must be 0", "got -1"]),
     (["--set", "segmentation_epochs=2.5"], ["segmentation_epochs=2.5", "not an integer"]),
     (["--set", "embed_dimm=8"], ["mstnet", "unknown setting 'embed_dimm'"]),
+    (["--set", "large_nodule_weight=0.5"], ["large_nodule_weight must be at least 1", "got 0.5"]),
+    (["--set", "large_nodule_weight=abc"], ["large_nodule_weight='abc'", "not a number"]),
+    (["--set", "large_nodule_weight=3", "--set", "frozen_stage_cache=false"],
+     ["mstnet: large_nodule_weight would shift the malignancy mix its classification stage"]),
     (["--preset", "huge"], ["unknown preset 'huge'", "cpu, paper, tiny"]),
     (["--binarize-masks", "sometimes"], ["sometimes", "nonzero", "half"]),
 ])
