@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,14 @@ from mstnet.experiments.training import stages_for
 
 if TYPE_CHECKING:
     from mstnet.experiments.runner import RunOptions
+
+
+def stages_training_a_classifier_on_the_loader(recipe: Recipe, tasks: Sequence[str], frozen_cache: bool) -> list[str]:
+    """Names of the stages of ``recipe`` that train a classifier on the training loader's batches:
+    every stage with a classification loss, but a classification stage that reads the frozen-stage
+    cache (``frozen_cache``) instead."""
+    return [stage.name for stage in stages_for(recipe, tasks) if stage.cls_weight > 0
+            and not (stage.name == "classification" and frozen_cache)]
 
 
 def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
@@ -44,8 +53,7 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     recipe_overrides, _ = split_overrides(options.params)
     recipe = checked_recipe(spec.name, recipe, {**options.table_recipe, **recipe_overrides})
     if recipe.large_nodule_weight != 1:
-        classifying = [stage.name for stage in stages_for(recipe, spec.tasks) if stage.cls_weight > 0
-                       and not (stage.name == "classification" and recipe.frozen_stage_cache)]
+        classifying = stages_training_a_classifier_on_the_loader(recipe, spec.tasks, recipe.frozen_stage_cache)
         if classifying:
             raise UsageError(f"{spec.name}: large_nodule_weight would shift the malignancy mix its {classifying[0]} "
                              "stage trains on (every large nodule is a risk factor); it applies to segmentation "

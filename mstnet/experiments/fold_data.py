@@ -14,15 +14,11 @@ from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.features import equivalent_diameter_mm
 from mstnet.data.transforms import AugmentConfig, PreprocessConfig
-from mstnet.experiments.registry import ExperimentSpec, Recipe
+from mstnet.experiments.registry import LARGE_NODULE_MM, ExperimentSpec, Recipe
 from mstnet.experiments.splits import Fold
 
 if TYPE_CHECKING:
     from mstnet.experiments.runner import RunOptions
-
-LARGE_NODULE_MM = 20.0
-"""Equivalent-sphere diameter above which a training patient counts as having a large nodule
-(``Recipe.large_nodule_weight``): the 3D rows miss nodules over 20 mm (docs/training.md)."""
 
 
 class FoldData:

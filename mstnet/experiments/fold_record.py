@@ -27,7 +27,7 @@ import torch
 from mstnet.atomic import write_text_atomic
 from mstnet.experiments.convergence import fold_plateau, short_of_plateau
 from mstnet.experiments.optimisation import OPTIMIZER_LABELS
-from mstnet.experiments.registry import Recipe
+from mstnet.experiments.registry import LARGE_NODULE_MM, Recipe
 from mstnet.experiments.training import stages_for
 from mstnet.results_files import (ATTEMPTS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
                                   TIMING_FILE)
@@ -92,7 +92,7 @@ def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "clas
                f"batch {recipe.frozen_stage_batch_size or recipe.batch_size})"
                if cached and any(stage.name == "classification" for stage in stages) else "")
             + (f", scale augmentation (p {recipe.scale_augmentation:g}, x0.7-1.4)" if recipe.scale_augmentation else "")
-            + (f", patients with a nodule over 20 mm sampled x{recipe.large_nodule_weight:g}"
+            + (f", patients with a nodule over {LARGE_NODULE_MM:g} mm sampled x{recipe.large_nodule_weight:g}"
                if recipe.large_nodule_weight != 1 else "")
             + (", bf16 training steps on the CPU" if recipe.cpu_bf16 else "")
             + (", test-time mirroring (8 flips)" if recipe.test_time_mirroring else ""))

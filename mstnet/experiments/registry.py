@@ -79,6 +79,11 @@ class DataView:
         return information_key(self.timepoints if images else 0, self.use_clinical, self.sees_reads)
 
 
+LARGE_NODULE_MM = 20.0
+"""Equivalent-sphere diameter above which a training patient counts as having a large nodule
+(``Recipe.large_nodule_weight``): the 3D rows miss nodules over 20 mm (docs/training.md)."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How an experiment is trained; every field can be overridden from the CLI or Optuna.
@@ -112,7 +117,7 @@ class Recipe:
     plain crops (no augmentation at all). ``cpu_bf16`` runs the training steps on a CPU under bf16
     autocast (:func:`mstnet.experiments.training.autocast_context`; validation, the test fold and
     ``mstnet predict`` stay float32). ``large_nodule_weight`` (1: off) is the sampling weight of
-    training patients with a nodule larger than :data:`mstnet.experiments.fold_data.LARGE_NODULE_MM`
+    training patients with a nodule larger than :data:`LARGE_NODULE_MM`
     in the training loader, drawn with replacement, as many patients per epoch as without it
     (:func:`mstnet.experiments.fold_data.large_nodule_weights`); since every stage that reads the
     loader would see the shifted malignancy mix, a fold refuses it where a stage that trains a

@@ -29,7 +29,8 @@ from mstnet.data.dataset import collate_patients
 from mstnet.errors import UsageError
 from mstnet.experiments.distributed import DistributedModel, is_main_process
 from mstnet.experiments.evaluation_fold import evaluate_fold, write_gallery, youden_threshold
-from mstnet.experiments.fold_configuration import fold_configuration, model_context, resolve_recipe, tabular_context
+from mstnet.experiments.fold_configuration import (fold_configuration, model_context, resolve_recipe,
+                                                  stages_training_a_classifier_on_the_loader, tabular_context)
 from mstnet.experiments.fold_data import (LARGE_NODULE_MM, FoldData, data_loader, large_nodule_weights, largest_nodule_diameters_mm,
                                           training_augmentation)
 from mstnet.experiments.fold_metrics import fold_metrics
@@ -46,7 +47,6 @@ from mstnet.experiments.training import (
     forward_batch,
     move_batch,
     seed_everything,
-    stages_for,
     to_channels_last,
 )
 
@@ -234,7 +234,7 @@ def _fit_fold(model, trained, data: FoldData, spec: ExperimentSpec, recipe: Reci
     frozen_stage = _frozen_stage_factory(model, data, recipe, options) if _uses_frozen_stage(model, trained, recipe) else None
     weights = None
     if recipe.large_nodule_weight != 1:
-        if frozen_stage is None and any(stage.name == "classification" for stage in stages_for(recipe, spec.tasks)):
+        if stages_training_a_classifier_on_the_loader(recipe, spec.tasks, frozen_stage is not None):
             raise UsageError(f"{spec.name}: large_nodule_weight needs the classification stage on the frozen-stage "
                              "cache, which this model or a DDP run cannot use")
         weights = large_nodule_weights(largest_nodule_diameters_mm(data.train), recipe.large_nodule_weight)
