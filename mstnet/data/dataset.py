@@ -69,7 +69,8 @@ crop box (first voxel and field shape); training entries are the margin-enlarged
 
 AUGMENTATION_SEED_PER_EPOCH_SEED = 1_000_003
 """Step of an item's augmentation seed per unit of the epoch's: item ``index`` of the epoch with
-augmentation seed s is augmented with seed (s x 1_000_003 + index) mod 2**32 (MONAI's random
+augmentation seed s (a patient's index, or a weighted draw's position, :meth:`PatientDataset.item`)
+is augmented with seed (s x 1_000_003 + index) mod 2**32 (MONAI's random
 state takes 32 bits). A prime above any cohort's patient count, so within an epoch, and across
 consecutive epochs, no two (epoch, patient) pairs share a seed; a function of these two only,
 so results do not depend on DataLoader workers or on resuming."""
@@ -244,18 +245,25 @@ class PatientDataset(Dataset):
         return np.asarray(mask) > 0.5
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index, index)
+
+    def item(self, index: int, draw: int) -> dict:
+        """Patient ``index``, augmented as the epoch's item ``draw``: its crop jitter and random
+        transforms are drawn from (epoch seed, ``draw``). ``dataset[i]`` is ``item(i, i)``; a sampler
+        that draws one patient twice in an epoch passes each draw's position, so the two draws are
+        augmented differently (:class:`mstnet.experiments.fold_data.WeightedDraws`)."""
         patient, scans = self.items[index]
         images, masks, spacings, boxes = zip(*(self.preprocessed(patient, scan) for scan in scans))
         offset = np.asarray(self.shift_voxels, dtype=np.int64)
         if self.augmentation is not None and any(self.shift_voxels):
-            offset = offset + np.asarray(jitter_offsets(self.shift_voxels, self.augmentation_seed, index), dtype=np.int64)
+            offset = offset + np.asarray(jitter_offsets(self.shift_voxels, self.augmentation_seed, draw), dtype=np.int64)
         if any(self.shift_voxels):
             window = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, self.preprocess.crop_size))
             images, masks = [a[window] for a in images], [a[window] for a in masks]
         image = torch.from_numpy(np.stack(images))
         mask = torch.from_numpy(np.stack(masks).astype(np.float32))
         if self.augmentation is not None:
-            item_seed = (self.augmentation_seed * AUGMENTATION_SEED_PER_EPOCH_SEED + index) % 2**32
+            item_seed = (self.augmentation_seed * AUGMENTATION_SEED_PER_EPOCH_SEED + draw) % 2**32
             self.augmentation.set_random_state(seed=item_seed)
             augmented = self.augmentation({"image": image.clone(), "mask": mask.clone()})
             image, mask = _plain(augmented["image"]), (_plain(augmented["mask"]) > 0.5).float()

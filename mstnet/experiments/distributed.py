@@ -12,9 +12,14 @@ from torch import nn
 from mstnet.models.output import ModelOutput
 
 
+def in_process_group() -> bool:
+    """Whether this process is one rank of a DDP run (launched by torchrun, the group joined)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_main_process() -> bool:
     """Whether this process writes results: the only one, or rank 0 under torchrun."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not in_process_group() or dist.get_rank() == 0
 
 
 class _TupleOutputs(nn.Module):

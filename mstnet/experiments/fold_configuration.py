@@ -13,6 +13,7 @@ import torch
 from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort
 from mstnet.errors import UsageError
+from mstnet.experiments.distributed import in_process_group
 from mstnet.experiments.fold_record import json_default
 from mstnet.experiments.identity import (IDENTITY_KEY, PRESET_FIELDS_OUTSIDE_IDENTITY, cohort_fingerprint, configuration_hash,
                                         recorded_recipe)
@@ -42,7 +43,8 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     Raises:
         UsageError: a recipe field of the wrong type or out of range; ``large_nodule_weight`` for a
             recipe whose training loader trains a classifier (a joint stage of a model that
-            classifies, or a classification stage without ``frozen_stage_cache``).
+            classifies, or a classification stage without ``frozen_stage_cache``, which a DDP run
+            does not use).
     """
     preset = options.preset
     recipe = replace(spec.recipe_for(preset.name), batch_size=preset.batch_size)
@@ -53,11 +55,13 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
     recipe_overrides, _ = split_overrides(options.params)
     recipe = checked_recipe(spec.name, recipe, {**options.table_recipe, **recipe_overrides})
     if recipe.large_nodule_weight != 1:
-        classifying = stages_training_a_classifier_on_the_loader(recipe, spec.tasks, recipe.frozen_stage_cache)
+        frozen_cache = recipe.frozen_stage_cache and not in_process_group()
+        classifying = stages_training_a_classifier_on_the_loader(recipe, spec.tasks, frozen_cache)
         if classifying:
             raise UsageError(f"{spec.name}: large_nodule_weight would shift the malignancy mix its {classifying[0]} "
                              "stage trains on (every large nodule is a risk factor); it applies to segmentation "
-                             "stages and a classification stage on the frozen-stage cache only")
+                             "stages and a classification stage on the frozen-stage cache only"
+                             + (", which a DDP run does not use" if recipe.frozen_stage_cache and not frozen_cache else ""))
     return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
 
 

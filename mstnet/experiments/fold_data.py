@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mstnet.data.clinical import ClinicalCoder
 from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import PatientDataset, collate_patients
 from mstnet.data.features import equivalent_diameter_mm
 from mstnet.data.transforms import AugmentConfig, PreprocessConfig
+from mstnet.experiments.distributed import in_process_group
 from mstnet.experiments.registry import LARGE_NODULE_MM, ExperimentSpec, Recipe
 from mstnet.experiments.splits import Fold
 
@@ -68,21 +69,52 @@ def large_nodule_weights(diameters_mm: np.ndarray, weight: float) -> np.ndarray:
     return np.where(np.asarray(diameters_mm) > LARGE_NODULE_MM, float(weight), 1.0)
 
 
+class WeightedDraws(Dataset):
+    """One epoch of ``dataset``'s patients drawn with replacement in proportion to ``weights``
+    (``[N]``): ``N`` draws (rounded up to a multiple of ``world_size``, so every DDP rank gets as many
+    batches, as :class:`~torch.utils.data.DistributedSampler` pads) from a generator seeded by
+    ``seed``, the same on every rank, of which rank r takes positions r, r + world_size, ... . Item ``k`` is patient
+    ``patients[k]`` augmented as its draw's position in the epoch
+    (:meth:`mstnet.data.dataset.PatientDataset.item`), so a patient drawn twice gets two different
+    augmentations; a dataset without ``item`` (a plain sequence) serves ``dataset[patients[k]]``."""
+
+    def __init__(self, dataset, weights: np.ndarray, seed: int, rank: int = 0, world_size: int = 1):
+        generator = torch.Generator().manual_seed(seed)
+        total = -(-len(dataset) // world_size) * world_size
+        draws = torch.multinomial(torch.as_tensor(weights, dtype=torch.double), total, replacement=True,
+                                  generator=generator)
+        self.dataset = dataset
+        self.positions = list(range(rank, total, world_size))
+        self.patients = [int(draws[position]) for position in self.positions]
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, k: int):
+        if hasattr(self.dataset, "item"):
+            return self.dataset.item(self.patients[k], self.positions[k])
+        return self.dataset[self.patients[k]]
+
+
 def data_loader(dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device, workers: int = 0,
                 weights: np.ndarray | None = None) -> DataLoader:
     """Batches of ``dataset`` (:func:`mstnet.data.dataset.collate_patients`), shuffled by ``seed`` when
     ``shuffle`` (each rank its share under DDP), pinned for a CUDA ``device``. With ``weights``
     (``[N]``, for a shuffled loader), ``len(dataset)`` patients are drawn with replacement in
-    proportion to them instead (not under DDP)."""
+    proportion to them instead, each rank its share under DDP (:class:`WeightedDraws`).
+
+    Raises:
+        ValueError: ``weights`` for a loader that is not shuffled.
+    """
     generator = torch.Generator().manual_seed(seed)
     sampler = None
+    distributed = in_process_group()
     if weights is not None:
-        if not shuffle or (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise ValueError("weighted sampling needs a shuffled loader outside DDP")
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(dataset),
-                                        replacement=True, generator=generator)
-        shuffle = False
-    elif shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if not shuffle:
+            raise ValueError("weighted sampling needs a shuffled loader")
+        rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+        dataset, shuffle = WeightedDraws(dataset, weights, seed, rank, world_size), False
+    elif shuffle and distributed:
         sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,

@@ -118,11 +118,12 @@ class Recipe:
     autocast (:func:`mstnet.experiments.training.autocast_context`; validation, the test fold and
     ``mstnet predict`` stay float32). ``large_nodule_weight`` (1: off) is the sampling weight of
     training patients with a nodule larger than :data:`LARGE_NODULE_MM`
-    in the training loader, drawn with replacement, as many patients per epoch as without it
-    (:func:`mstnet.experiments.fold_data.large_nodule_weights`); since every stage that reads the
-    loader would see the shifted malignancy mix, a fold refuses it where a stage that trains a
-    classifier reads that loader (the joint stage of a model that classifies, a classification
-    stage without the frozen cache).
+    in the training loader, drawn with replacement, as many patients per epoch as without it, each
+    draw augmented on its own and each DDP rank its share
+    (:func:`mstnet.experiments.fold_data.large_nodule_weights`, :class:`~mstnet.experiments.fold_data.WeightedDraws`);
+    since every stage that reads the loader would see the shifted malignancy mix, a fold refuses it
+    where a stage that trains a classifier reads that loader (the joint stage of a model that
+    classifies, a classification stage without the frozen cache, which a DDP run does not use).
 
     Budget: a run preset sets ``batch_size`` for every experiment, and by default its
     ``epochs`` and ``early_stopping_patience`` too

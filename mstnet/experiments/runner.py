@@ -27,7 +27,7 @@ from mstnet.atomic import write_text_atomic
 from mstnet.data.cohort import Cohort
 from mstnet.data.dataset import collate_patients
 from mstnet.errors import UsageError
-from mstnet.experiments.distributed import DistributedModel, is_main_process
+from mstnet.experiments.distributed import DistributedModel, in_process_group, is_main_process
 from mstnet.experiments.evaluation_fold import evaluate_fold, write_gallery, youden_threshold
 from mstnet.experiments.fold_configuration import (fold_configuration, model_context, resolve_recipe,
                                                   stages_training_a_classifier_on_the_loader, tabular_context)
@@ -148,7 +148,7 @@ def open_fold(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fold_index: 
     options = options.for_fold(fold_index)
     fold_dir = fold_dir_of(runs_dir, spec.name, fold_index, options.seed_index)
     conflict = identity_conflict(fold_dir, configuration)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if in_process_group():
         torch.distributed.barrier()  # every rank has read the folder before rank 0 writes into it
     refuse_conflicts([conflict] if conflict else [])
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def _fold_model(spec: ExperimentSpec, data: FoldData, recipe: Recipe, options: R
         to_channels_last(model)
     log.info("%s fold %d: %s, %d trainable parameters", spec.name, fold_index, type(model).__name__,
              sum(p.numel() for p in model.parameters() if p.requires_grad))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if in_process_group():
         return model, DistributedModel(model)
     return model, model
 
