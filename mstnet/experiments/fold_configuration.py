@@ -61,7 +61,8 @@ def resolve_recipe(spec: ExperimentSpec, options: RunOptions) -> Recipe:
             raise UsageError(f"{spec.name}: large_nodule_weight would shift the malignancy mix its {classifying[0]} "
                              "stage trains on (every large nodule is a risk factor); it applies to segmentation "
                              "stages and a classification stage on the frozen-stage cache only"
-                             + (", which a DDP run does not use" if recipe.frozen_stage_cache and not frozen_cache else ""))
+                             + (", which a DDP run does not use" if recipe.frozen_stage_cache and not frozen_cache else "")
+                             + "; --set large_nodule_weight=1 turns it off")
     return replace(recipe, seed=recipe.seed + options.seed_index) if options.seed_index else recipe
 
 
