@@ -5,7 +5,9 @@ declared change: fields of :class:`mstnet.models.config.MSTNetConfig` (``config`
 it sees (``data_view``), its training stages (``stages``), or, for the one variant that drops
 the images altogether, its own builder (``clinical-only``). Every other part of the recipe is
 MST-Net's registered recipe for each preset (learning rate, epochs, ...), so a variant and the
-full model differ only by the declared change. Every row is registered as an
+full model differ only by the declared change, and by what it implies for the recipe: a variant
+whose classifier trains on the training loader's batches samples them plainly
+(:func:`recipes_like_full_model`). Every row is registered as an
 experiment of group ``"ablation"``, so ``mstnet ablate NAME``, ``mstnet run NAME`` and
 ``mstnet list --group ablation`` find it.
 
