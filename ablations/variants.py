@@ -5,9 +5,7 @@ declared change: fields of :class:`mstnet.models.config.MSTNetConfig` (``config`
 it sees (``data_view``), its training stages (``stages``), or, for the one variant that drops
 the images altogether, its own builder (``clinical-only``). Every other part of the recipe is
 MST-Net's registered recipe for each preset (learning rate, epochs, ...), so a variant and the
-full model differ only by the declared change, and by what it implies for the recipe: a variant
-whose classifier trains on the training loader's batches samples them plainly
-(:func:`recipes_like_full_model`). Every row is registered as an
+full model differ only by the declared change. Every row is registered as an
 experiment of group ``"ablation"``, so ``mstnet ablate NAME``, ``mstnet run NAME`` and
 ``mstnet list --group ablation`` find it.
 
@@ -28,7 +26,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from mstnet.experiments.catalog import MSTNET_RECIPES, mstnet_builder, mstnet_search_space, resolved_mstnet_config
-from mstnet.experiments.fold_configuration import stages_training_a_classifier_on_the_loader
 from mstnet.experiments.registry import DEFAULT_CLINICAL_SOURCES, DataView, ModelContext, Recipe, register_experiment
 from mstnet.models.clinical import ClinicalEncoder
 from mstnet.models.config import MSTNetConfig
@@ -225,25 +222,17 @@ def ablation(name: str) -> Ablation:
     raise KeyError(f"no ablation named {name!r}; known: {', '.join(row.name for row in ABLATIONS)}")
 
 
-def recipes_like_full_model(stages: tuple[str, ...] | None, tasks: tuple[str, ...] = ("segmentation", "classification"),
-                            frozen_stage: bool = True) -> dict[str, Recipe]:
+def recipes_like_full_model(stages: tuple[str, ...] | None) -> dict[str, Recipe]:
     """MST-Net's registered recipe for every preset (:data:`mstnet.experiments.catalog.MSTNET_RECIPES`, read from
     its module, not the registry, so that the order in which plugins register does not matter), with ``stages``
     replaced when given. A recipe with a length per stage (``stage_epochs``) then trains every new stage for
     its first stage's length: the segmentation stage's, the budget of a stage that segments (the cpu
-    recipe's 12/16 epochs become 12 for one joint stage).
-
-    The full model's ``large_nodule_weight`` samples the segmentation stage's batches; a variant whose
-    stages train a classifier on those batches (a joint stage; for ``tasks``, a classification stage
-    of a model without MST-Net's frozen stage, ``frozen_stage`` False) samples them plainly instead,
-    since the weight would shift its malignancy mix (the recipe summary in the table footnote shows it)."""
-    recipes = dict(MSTNET_RECIPES) if stages is None else {
-        preset: dataclasses.replace(recipe, stages=stages, **(
-            {"stage_epochs": None, "epochs": recipe.stage_epochs[0]} if recipe.stage_epochs else {}))
+    recipe's 8/16 epochs become 8 for one joint stage)."""
+    if stages is None:
+        return dict(MSTNET_RECIPES)
+    return {preset: dataclasses.replace(recipe, stages=stages, **(
+        {"stage_epochs": None, "epochs": recipe.stage_epochs[0]} if recipe.stage_epochs else {}))
         for preset, recipe in MSTNET_RECIPES.items()}
-    return {preset: dataclasses.replace(recipe, large_nodule_weight=1.0)
-            if stages_training_a_classifier_on_the_loader(recipe, tasks, recipe.frozen_stage_cache and frozen_stage)
-            else recipe for preset, recipe in recipes.items()}
 
 
 def _register(row: Ablation) -> None:
@@ -257,7 +246,7 @@ def _register(row: Ablation) -> None:
         group="ablation",
         information=row.information,
         data_view=row.data_view,
-        recipe=recipes_like_full_model(row.stages, row.tasks, frozen_stage=row.build is None),
+        recipe=recipes_like_full_model(row.stages),
         footnote=f"MST-Net with {row.changes()}.",
         search_space=mstnet_search_space if row.build is None else None,
     )(row.build or mstnet_builder(**row.config))

@@ -109,12 +109,9 @@ def test_registered_metadata_matches_the_table():
             if row.name == "joint-training":
                 expected = dataclasses.replace(full, stages=("joint",), **(
                     {"stage_epochs": None, "epochs": full.stage_epochs[0]} if full.stage_epochs else {}))
-            if row.name in ("joint-training", "clinical-only"):  # their classifier trains on the loader's batches
-                expected = dataclasses.replace(expected, large_nodule_weight=1.0)
             assert spec.recipe_for(preset) == expected, (row.name, preset)
             assert stages_for(spec.recipe_for(preset), spec.tasks), (row.name, preset)  # one length per stage
             resolve_recipe(spec, RunOptions(preset=RUN_PRESETS[preset], device=torch.device("cpu")))  # not refused
-    assert get_experiment("mstnet").recipe_for("cpu").large_nodule_weight == 2
     joint_cpu = stages_for(get_experiment("joint-training").recipe_for("cpu"), ("segmentation", "classification"))
     assert [(stage.name, stage.epochs) for stage in joint_cpu] == [("joint", RUN_PRESETS["cpu"].epochs)]
     assert ablation("image-only").information == "scans2"
