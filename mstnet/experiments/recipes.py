@@ -58,8 +58,9 @@ prior, validation Dice stays 0.000 in all six epochs at 1e-3 (validation loss 1.
 CLASSIFIER_EPOCHS = 16
 """Epochs at the cpu preset of what is cheap to train: the classification-only rows (NASLung,
 SCAN, DeepCAD and the MONAI classifiers, about 0.03 s per step of two patients on one core
-against 0.14-0.20 s for the segmentation rows) and MST-Net's classification stage on cached
-frozen outputs. The preset's own 12 epochs apply to everything else; the whole table then
+against 0.14-0.20 s for the segmentation rows). MST-Net's cached classification stage has a length of
+its own (:data:`mstnet.experiments.catalog.CLASSIFICATION_STAGE_EPOCHS`). The preset's own 12 epochs
+apply to everything else; the whole table then
 fits in the preset's half hour on two cores (README)."""
 
 
