@@ -227,7 +227,7 @@ def recipes_like_full_model(stages: tuple[str, ...] | None) -> dict[str, Recipe]
     its module, not the registry, so that the order in which plugins register does not matter), with ``stages``
     replaced when given. A recipe with a length per stage (``stage_epochs``) then trains every new stage for
     its first stage's length: the segmentation stage's, the budget of a stage that segments (the cpu
-    recipe's 8/16 epochs become 8 for one joint stage)."""
+    recipe's 12/4 epochs become 12 for one joint stage)."""
     if stages is None:
         return dict(MSTNET_RECIPES)
     return {preset: dataclasses.replace(recipe, stages=stages, **(
