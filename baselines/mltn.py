@@ -22,7 +22,9 @@ and 48 patients; on this machine's Xeon with AMX): training time per fold 100 s 
 48 patients, at half the cost. One training step at the cpu preset (batch 2, one thread,
 fp32 -> bf16): MLTN 0.200 -> 0.111 s; MST-Net 0.183 -> 0.146 s and its DEV folds' Dice 0.509 ->
 0.495 (AUC 0.927 -> 0.929), UNETR 0.146 -> 0.147 s, ACSNet 0.157 -> 0.147 s: kept in float32.
-On a CPU without AVX-512 BF16 or AMX, bf16 runs emulated and slower: ``--set cpu_bf16=false``.
+On a CPU without AVX-512 BF16 or AMX, bf16 runs emulated and about ten times slower, so there the
+steps stay float32, with a warning in the log and a footnote saying so
+(:func:`mstnet.experiments.training.cpu_bf16_steps`).
 """
 
 from __future__ import annotations

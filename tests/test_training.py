@@ -154,6 +154,20 @@ def test_segmentation_epochs_lengthens_only_the_segmentation_stage():
         checked_recipe("mstnet", two_stage, {"scale_augmentation": 1.5})
 
 
+@pytest.mark.parametrize("device, native_bf16, words", [
+    ("cpu", True, ", bf16 training steps on the CPU"),
+    ("cpu", False, ", float32 training steps (bf16 asked, but the CPU has no native bf16)"),
+    ("cuda", False, ""),
+])
+def test_recipe_summary_names_the_precision_the_cpu_steps_ran_in(device, native_bf16, words, monkeypatch):
+    from mstnet.experiments import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native_bf16)
+    recipe = Recipe(epochs=4, stages=("joint",), cpu_bf16=True)
+    plain = recipe_summary(replace(recipe, cpu_bf16=False), device=torch.device(device))
+    assert recipe_summary(recipe, device=torch.device(device)) == plain + words
+
+
 def test_the_recipe_sets_the_training_augmentation():
     from mstnet.data.transforms import AugmentConfig
     from mstnet.experiments.fold_data import training_augmentation
@@ -228,10 +242,12 @@ def test_an_unknown_optimizer_is_refused_in_one_line():
     assert "optimizer 'rmsprop'" in message and "adam, adamw, sgd" in message
 
 
-@pytest.mark.parametrize("cpu_bf16", [False, True])
-def test_cpu_bf16_autocasts_the_training_steps_only(cpu_bf16):
+@pytest.mark.parametrize("cpu_bf16, native_bf16", [(False, True), (True, True), (True, False)])
+def test_cpu_bf16_autocasts_the_training_steps_only(cpu_bf16, native_bf16, monkeypatch, caplog):
+    from mstnet.experiments import training
     from mstnet.experiments.training import autocast_context
 
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native_bf16)
     torch.manual_seed(0)
     model = TinyTwoTaskNet()
     seen: list[tuple[bool, torch.dtype]] = []
@@ -239,9 +255,11 @@ def test_cpu_bf16_autocasts_the_training_steps_only(cpu_bf16):
     recipe = Recipe(epochs=1, learning_rate=1e-2, stages=("segmentation",), seed=3, cpu_bf16=cpu_bf16)
     fit(model, _train_loader, VALIDATION, recipe, ("segmentation",), None, torch.device("cpu"), use_clinical=False,
         progress=False)
-    training_dtypes = {dtype for training, dtype in seen if training}
-    assert training_dtypes == {torch.bfloat16 if cpu_bf16 else torch.float32}
-    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # validation stays float32
+    training_dtypes = {dtype for is_training, dtype in seen if is_training}
+    assert training_dtypes == {torch.bfloat16 if cpu_bf16 and native_bf16 else torch.float32}
+    # asked for on a CPU that would emulate bf16: float32 steps, and the log says so
+    assert ("has no native bf16" in caplog.text) == (cpu_bf16 and not native_bf16)
+    assert {dtype for is_training, dtype in seen if not is_training} == {torch.float32}  # validation stays float32
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
     with autocast_context(torch.device("cpu"), enabled=True):  # the CUDA switch alone leaves the CPU in float32
         assert nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.float32

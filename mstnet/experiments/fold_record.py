@@ -28,7 +28,7 @@ from mstnet.atomic import write_text_atomic
 from mstnet.experiments.convergence import fold_plateau, short_of_plateau
 from mstnet.experiments.optimisation import OPTIMIZER_LABELS
 from mstnet.experiments.registry import LARGE_NODULE_MM, Recipe
-from mstnet.experiments.training import stages_for
+from mstnet.experiments.training import cpu_bf16_steps, stages_for
 from mstnet.results_files import (ATTEMPTS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
                                   TIMING_FILE)
 
@@ -68,11 +68,13 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "classification"),
-                   cached_stage: bool | None = None) -> str:
+                   cached_stage: bool | None = None, device: torch.device | None = None) -> str:
     """One line naming what a recipe does for a model with ``tasks``, for table footnotes: the stages
     that train, optimizer and rate, schedule, epochs per stage, bias initialisation, whether the
     classification stage read cached frozen outputs (``cached_stage``; None: as the recipe asks), and
-    scale augmentation, bf16 training steps on the CPU and test-time mirroring.
+    scale augmentation, bf16 training steps on the CPU and test-time mirroring. With the ``device`` that
+    trained, bf16 steps are named where they ran (:func:`mstnet.experiments.training.cpu_bf16_steps`):
+    on a CPU without native bf16 the line says the steps stayed float32, and on CUDA it says nothing of them.
 
     Raises:
         ValueError: the recipe trains nothing for ``tasks`` (:func:`mstnet.experiments.training.stages_for`).
@@ -94,8 +96,17 @@ def recipe_summary(recipe: Recipe, tasks: Sequence[str] = ("segmentation", "clas
             + (f", scale augmentation (p {recipe.scale_augmentation:g}, x0.7-1.4)" if recipe.scale_augmentation else "")
             + (f", patients with a nodule over {LARGE_NODULE_MM:g} mm sampled x{recipe.large_nodule_weight:g}"
                if recipe.large_nodule_weight != 1 else "")
-            + (", bf16 training steps on the CPU" if recipe.cpu_bf16 else "")
+            + _cpu_bf16_text(recipe.cpu_bf16, device)
             + (", test-time mirroring (8 flips)" if recipe.test_time_mirroring else ""))
+
+
+def _cpu_bf16_text(cpu_bf16: bool, device: torch.device | None) -> str:
+    """The footnote's words on bf16 training steps on the CPU (see :func:`recipe_summary`)."""
+    if not cpu_bf16 or (device is not None and device.type != "cpu"):
+        return ""
+    if device is None or cpu_bf16_steps(cpu_bf16, device):
+        return ", bf16 training steps on the CPU"
+    return ", float32 training steps (bf16 asked, but the CPU has no native bf16)"
 
 
 class FoldAttempts:

@@ -115,7 +115,8 @@ class Recipe:
     factor drawn from 0.7 to 1.4, every time point alike (nnU-Net's scaling;
     :attr:`mstnet.data.transforms.AugmentConfig.zoom_prob`). ``augment=False`` trains on the
     plain crops (no augmentation at all). ``cpu_bf16`` runs the training steps on a CPU under bf16
-    autocast (:func:`mstnet.experiments.training.autocast_context`; validation, the test fold and
+    autocast where the CPU runs bf16 natively, and in float32 where it would be emulated
+    (:func:`mstnet.experiments.training.cpu_bf16_steps`; validation, the test fold and
     ``mstnet predict`` stay float32). ``large_nodule_weight`` (1: off) is the sampling weight of
     training patients with a nodule larger than :data:`LARGE_NODULE_MM`
     in the training loader, drawn with replacement, as many patients per epoch as without it, each

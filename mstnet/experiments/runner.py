@@ -282,7 +282,8 @@ def _train_and_evaluate(spec: ExperimentSpec, cohort: Cohort, splits: Splits, fo
         write_gallery(record.fold_dir / "gallery.npz", evaluation.gallery, evaluation.scans)
     record.finish(evaluation.metrics, evaluation.patients, evaluation.threshold, selected_epoch=result.selected_epochs,
                   resumed_from_epoch=result.resumed_from_epoch, history=history,
-                  recipe_text=recipe_summary(recipe, spec.tasks, cached_stage=_uses_frozen_stage(model, trained, recipe)))
+                  recipe_text=recipe_summary(recipe, spec.tasks, cached_stage=_uses_frozen_stage(model, trained, recipe),
+                                             device=options.device))
     return evaluation.metrics
 
 
