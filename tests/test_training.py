@@ -1,6 +1,9 @@
 """The training loop: resume equals an uninterrupted fit, stages freeze what they should, selection uses validation."""
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -194,6 +197,64 @@ def test_channels_last_changes_layout_not_values():
     torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
     for parameter, expected in zip(model.parameters(), reference_grads):
         torch.testing.assert_close(parameter.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+class _ResNetShortcut(nn.Module):
+    """A residual block whose shortcut downsamples with a strided 1 x 1 convolution (torchvision's ResNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.shortcut = nn.Conv2d(4, 8, 1, stride=2, bias=False)
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
+def test_channels_last_leaves_strided_pointwise_convolutions_contiguous():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), _ResNetShortcut())
+    inputs = torch.randn(6, 1, 16, 16)
+    reference = model(inputs)
+    output_weights = torch.randn_like(reference)  # a loss whose gradient does not vanish through batch norm
+    (reference * output_weights).sum().backward()
+    reference_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    to_channels_last(model)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[1].body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    shortcut = model[1].shortcut
+    assert shortcut._forward_pre_hooks  # its input is made contiguous (checked below); a 1 x 1 weight has one layout
+    seen = []
+    shortcut.register_forward_hook(lambda module, args, output: seen.append(args[0].is_contiguous()))
+    output = model(inputs)
+    (output * output_weights).sum().backward()
+    assert seen == [True]  # the channels-last activation reaches the shortcut contiguous
+    torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+    for parameter, expected in zip(model.parameters(), reference_grads):
+        torch.testing.assert_close(parameter.grad, expected, rtol=1e-3, atol=1e-4)  # sums in another order
+
+
+def test_acsnet_trains_channels_last_without_corrupting_the_heap(tmp_path):
+    """oneDNN's AVX2 weight gradient of a strided 1 x 1 convolution on channels-last input overran a
+    buffer (to_channels_last's docstring); glibc's MALLOC_CHECK_=3 turns such an overrun into an abort
+    at once. On CPUs with AVX-512 this passes with or without the fix."""
+    script = tmp_path / "train_steps.py"
+    script.write_text(
+        "import torch\n"
+        "from mstnet.experiments.registry import ModelContext, get_experiment\n"
+        "from mstnet.experiments.training import to_channels_last\n"
+        "torch.manual_seed(0)\n"
+        "context = ModelContext(image_size=(8, 32, 32), num_timepoints=2, clinical_cardinalities=(), num_numeric=0,\n"
+        "                       use_clinical=False, preset='tiny')\n"
+        "model = to_channels_last(get_experiment('acsnet').build(context))\n"
+        "for _ in range(3):\n"
+        "    output = model(torch.randn(4, 2, 1, 8, 32, 32), None, None, torch.zeros(4, 2))\n"
+        "    (output.seg_logits.sum() + output.cls_logits.sum()).backward()\n"
+        "print('trained')\n")
+    env = {**os.environ, "MALLOC_CHECK_": "3", "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0 and "trained" in finished.stdout, finished.stderr[-2000:]
 
 
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
